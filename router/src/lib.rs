@@ -1,0 +1,16 @@
+//! Route post IDs to PostgreSQL shards.
+//!
+//! A key (post ID) becomes a 64-bit token with PostgreSQL's own
+//! `hashint8extended`, so SQL on a shard can compute the same token; the shard
+//! that owns the ring arc holding that token owns the key. [`ShardMap`] holds
+//! the validated map; [`Router`] adds one connection pool per shard.
+
+pub mod hash;
+pub mod map;
+pub mod ring;
+pub mod url;
+
+pub use hash::{hashint8extended, Token};
+pub use map::{MapError, ShardMap};
+pub use ring::Ring;
+pub use url::ConnUrl;

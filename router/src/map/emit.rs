@@ -1,0 +1,55 @@
+//! Writes a [`ShardMap`] in the documented YAML format.
+
+use std::fmt::Write;
+
+use super::validate::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_POOL_SIZE};
+use super::{ShardMap, HASH_FUNCTION};
+
+/// A string as a YAML scalar, quoted only when YAML needs it.
+fn scalar(s: &str) -> String {
+    serde_yaml::to_string(s)
+        .map(|y| y.trim_end().to_string())
+        .unwrap_or_else(|_| format!("{s:?}"))
+}
+
+pub(super) fn to_yaml(map: &ShardMap) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_yaml(map, &mut out);
+    out
+}
+
+fn write_yaml(map: &ShardMap, out: &mut String) -> std::fmt::Result {
+    writeln!(out, "version: {}", map.version)?;
+    writeln!(out, "hash:")?;
+    writeln!(out, "  function: {HASH_FUNCTION}")?;
+    writeln!(out, "  seed: {}", map.seed)?;
+    writeln!(out, "tables:")?;
+    for t in &map.tables {
+        writeln!(out, "  - {{ name: {}, key: {} }}", t.name, t.key)?;
+    }
+    writeln!(out, "shards:")?;
+    for s in &map.shards {
+        writeln!(out, "  - name: {}", scalar(&s.name))?;
+        writeln!(out, "    url: {}", scalar(s.url.template()))?;
+        if s.weight != 1 {
+            writeln!(out, "    weight: {}", s.weight)?;
+        }
+        let timeout_ms = s.pool.connect_timeout.as_millis();
+        if s.pool.max_size != DEFAULT_POOL_SIZE
+            || timeout_ms != u128::from(DEFAULT_CONNECT_TIMEOUT_MS)
+        {
+            writeln!(
+                out,
+                "    pool: {{ max_size: {}, connect_timeout_ms: {timeout_ms} }}",
+                s.pool.max_size
+            )?;
+        }
+    }
+    writeln!(out, "ring:")?;
+    for arc in map.ring.arcs() {
+        let name = map.shards.get(arc.shard).map_or("?", |s| s.name.as_str());
+        writeln!(out, "  - {{ from: {}, shard: {} }}", arc.from, scalar(name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Connection URLs: `${VAR}` expansion and password redaction.
+//!
+//! A [`ConnUrl`] never shows its password: `Display` and `Debug` both print the
+//! redacted form, so a URL can go into any error, log line or output safely.
+
+use std::fmt;
+
+/// A shard's connection URL as written (`template`, with `${VAR}` references)
+/// and as expanded from the environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnUrl {
+    template: String,
+    expanded: String,
+}
+
+impl ConnUrl {
+    /// Expands `${VAR}` references in `template` with `lookup`.
+    ///
+    /// On failure returns every problem: unset variables and unclosed `${`.
+    pub fn expand(
+        template: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConnUrl, Vec<String>> {
+        let mut expanded = String::with_capacity(template.len());
+        let mut problems = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("${") {
+            expanded.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                problems.push(format!(
+                    "unclosed `${{` in URL `{}`",
+                    redact(template)
+                ));
+                rest = "";
+                break;
+            };
+            let name = &after[..end];
+            match lookup(name) {
+                Some(value) => expanded.push_str(&value),
+                None => problems.push(format!("environment variable `{name}` is not set")),
+            }
+            rest = &after[end + 1..];
+        }
+        expanded.push_str(rest);
+        if problems.is_empty() {
+            Ok(ConnUrl {
+                template: template.to_string(),
+                expanded,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The URL as written, `${VAR}` references intact.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+
+    /// The expanded URL, password included: pass it to the driver only.
+    pub fn expose(&self) -> &str {
+        &self.expanded
+    }
+}
+
+impl fmt::Display for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.expanded))
+    }
+}
+
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnUrl({:?})", redact(&self.expanded))
+    }
+}
+
+/// Replaces every password in a connection string with `***`: the userinfo
+/// password of a URL (`postgres://user:secret@host`), a `password=` query
+/// parameter, and a `password=` key of a key/value connection string.
+pub fn redact(conn: &str) -> String {
+    let mut out = conn.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = auth_start..auth_start + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
+            }
+        }
+    }
+    redact_key(&mut out, "password=");
+    out
+}
+
+/// Masks the value after each case-insensitive `key` (up to `&`, whitespace or
+/// the end; a quoted value up to its closing quote).
+fn redact_key(out: &mut String, key: &str) {
+    let mut from = 0;
+    while let Some(pos) = out[from..].to_ascii_lowercase().find(key) {
+        let start = from + pos + key.len();
+        let value = &out[start..];
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            quoted.find('\'').map_or(value.len(), |i| i + 2)
+        } else {
+            value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len())
+        };
+        out.replace_range(start..start + len, "***");
+        from = start + 3;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_password_form() {
+        let cases = [
+            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db?password=x&sslmode=off", "postgres://u@h/db?password=***&sslmode=off"),
+            ("host=h user=u password=secret dbname=d", "host=h user=u password=*** dbname=d"),
+            ("host=h PASSWORD='a b' dbname=d", "host=h PASSWORD=*** dbname=d"),
+            ("postgres://h/db#x:y@z", "postgres://h/db#x:y@z"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn expands_variables_and_reports_unset_ones() {
+        let lookup = |name: &str| (name == "PW").then(|| "s3cret".to_string());
+        let url = ConnUrl::expand("postgres://u:${PW}@h/db", lookup).unwrap();
+        assert_eq!(url.expose(), "postgres://u:s3cret@h/db");
+        assert_eq!(url.template(), "postgres://u:${PW}@h/db");
+        assert_eq!(url.to_string(), "postgres://u:***@h/db");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let err = ConnUrl::expand("postgres://${A}:${PW}@${B}/db", lookup).unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].contains("`A`"));
+        assert!(ConnUrl::expand("postgres://${X", lookup).is_err());
+    }
+}
