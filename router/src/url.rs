@@ -28,10 +28,7 @@ impl ConnUrl {
             expanded.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
-                problems.push(format!(
-                    "unclosed `${{` in URL `{}`",
-                    redact(template)
-                ));
+                problems.push(format!("unclosed `${{` in URL `{}`", redact(template)));
                 rest = "";
                 break;
             };
@@ -76,6 +73,15 @@ impl fmt::Debug for ConnUrl {
     }
 }
 
+/// True when `template` holds a password written out rather than as `${VAR}`.
+pub fn has_literal_password(template: &str) -> bool {
+    let without_vars = match ConnUrl::expand(template, |_| Some(String::new())) {
+        Ok(url) => url.expanded,
+        Err(_) => template.to_string(),
+    };
+    redact(&without_vars) != without_vars
+}
+
 /// Replaces every password in a connection string with `***`: the userinfo
 /// password of a URL (`postgres://user:secret@host`), a `password=` query
 /// parameter, and a `password=` key of a key/value connection string.
@@ -89,7 +95,10 @@ pub fn redact(conn: &str) -> String {
         if let Some(at) = out[auth_start..auth_end].rfind('@') {
             let userinfo = auth_start..auth_start + at;
             if let Some(colon) = out[userinfo.clone()].find(':') {
-                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
+                let password = userinfo.start + colon + 1..userinfo.end;
+                if !password.is_empty() {
+                    out.replace_range(password, "***");
+                }
             }
         }
     }
@@ -111,6 +120,10 @@ fn redact_key(out: &mut String, key: &str) {
                 .find(|c: char| c == '&' || c.is_whitespace())
                 .unwrap_or(value.len())
         };
+        if len == 0 {
+            from = start;
+            continue;
+        }
         out.replace_range(start..start + len, "***");
         from = start + 3;
     }
@@ -126,14 +139,36 @@ mod tests {
             ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-            ("postgres://u@h/db?password=x&sslmode=off", "postgres://u@h/db?password=***&sslmode=off"),
-            ("host=h user=u password=secret dbname=d", "host=h user=u password=*** dbname=d"),
-            ("host=h PASSWORD='a b' dbname=d", "host=h PASSWORD=*** dbname=d"),
+            (
+                "postgres://u@h/db?password=x&sslmode=off",
+                "postgres://u@h/db?password=***&sslmode=off",
+            ),
+            (
+                "host=h user=u password=secret dbname=d",
+                "host=h user=u password=*** dbname=d",
+            ),
+            (
+                "host=h PASSWORD='a b' dbname=d",
+                "host=h PASSWORD=*** dbname=d",
+            ),
             ("postgres://h/db#x:y@z", "postgres://h/db#x:y@z"),
+            (
+                "postgres://u:@h/db?password=",
+                "postgres://u:@h/db?password=",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn literal_passwords_are_told_from_variables() {
+        assert!(has_literal_password("postgres://u:pw@h/db"));
+        assert!(has_literal_password("host=h password=pw"));
+        assert!(!has_literal_password("postgres://u:${PW}@h/db"));
+        assert!(!has_literal_password("postgres://u@h/db?password=${PW}"));
+        assert!(!has_literal_password("postgres://u@h/db"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     /// The file could not be read.
-    #[error("cannot read shard map {}: {source}", path.display())]
+    #[error("cannot read shard map {}", path.display())]
     Read {
         /// The map file.
         path: PathBuf,

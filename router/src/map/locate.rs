@@ -130,9 +130,30 @@ mod tests {
     fn finds_nested_values_and_falls_back_to_parents() {
         let text = "version: 1\nshards:\n  - name: a\n    url: x\n  - { name: b, url: y }\n";
         let loc = Locator::new(text);
-        assert_eq!(loc.find("version"), Some(Location { line: 1, column: 10 }));
-        assert_eq!(loc.find("shards[0].url"), Some(Location { line: 4, column: 10 }));
-        assert_eq!(loc.find("shards[1].url"), Some(Location { line: 5, column: 21 }));
-        assert_eq!(loc.find("shards[1].weight"), Some(Location { line: 5, column: 5 }));
+        assert_eq!(
+            loc.find("version"),
+            Some(Location {
+                line: 1,
+                column: 10
+            })
+        );
+        assert_eq!(
+            loc.find("shards[0].url"),
+            Some(Location {
+                line: 4,
+                column: 10
+            })
+        );
+        assert_eq!(
+            loc.find("shards[1].url"),
+            Some(Location {
+                line: 5,
+                column: 21
+            })
+        );
+        assert_eq!(
+            loc.find("shards[1].weight"),
+            Some(Location { line: 5, column: 5 })
+        );
     }
 }

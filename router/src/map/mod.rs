@@ -99,9 +99,14 @@ impl ShardMap {
         validate::validate(raw, &locate::Locator::new(text), env).map_err(invalid)
     }
 
-    /// Validates a map built in memory (by `map init` or the planner).
-    pub fn from_raw(raw: RawMap, origin: &str) -> Result<ShardMap, MapError> {
-        validate::validate(raw, &locate::Locator::default(), &env_var).map_err(|problems| {
+    /// Validates a map built in memory (by `map init` or the planner),
+    /// resolving `${VAR}` with `env`.
+    pub fn from_raw(
+        raw: RawMap,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ShardMap, MapError> {
+        validate::validate(raw, &locate::Locator::default(), env).map_err(|problems| {
             MapError::Invalid {
                 origin: origin.to_string(),
                 problems,
@@ -172,7 +177,8 @@ impl ShardMap {
     }
 }
 
-fn env_var(name: &str) -> Option<String> {
+/// Resolves `${VAR}` from the process environment.
+pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 

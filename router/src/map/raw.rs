@@ -3,15 +3,17 @@
 //! Numbers are kept as YAML values so that validation, not the parser, judges
 //! them; that way one pass reports every bad number with its location.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_yaml::Value;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMap {
     /// Map epoch, bumped by every applied plan.
-    pub version: Value,
+    pub version: RawValue,
     /// How keys become tokens.
     pub hash: RawHash,
     /// Sharded tables and their key columns.
@@ -29,7 +31,7 @@ pub struct RawHash {
     /// Must be `pg_hashint8extended`.
     pub function: String,
     /// Seed passed to `hashint8extended`.
-    pub seed: Value,
+    pub seed: RawValue,
 }
 
 /// One sharded table.
@@ -52,7 +54,7 @@ pub struct RawShard {
     pub url: String,
     /// Relative capacity; defaults to 1.
     #[serde(default)]
-    pub weight: Option<Value>,
+    pub weight: Option<RawValue>,
     /// Connection pool settings.
     #[serde(default)]
     pub pool: Option<RawPool>,
@@ -64,10 +66,10 @@ pub struct RawShard {
 pub struct RawPool {
     /// Most connections the router opens to this shard.
     #[serde(default)]
-    pub max_size: Option<Value>,
+    pub max_size: Option<RawValue>,
     /// How long to wait for a connection, in milliseconds.
     #[serde(default)]
-    pub connect_timeout_ms: Option<Value>,
+    pub connect_timeout_ms: Option<RawValue>,
 }
 
 /// One arc: the shard owns tokens from `from` up to the next arc's `from`.
@@ -75,7 +77,95 @@ pub struct RawPool {
 #[serde(deny_unknown_fields)]
 pub struct RawArc {
     /// First token of the arc.
-    pub from: Value,
+    pub from: RawValue,
     /// Owner shard name.
     pub shard: String,
+}
+
+/// A scalar kept as written, so validation can judge it and name it: any
+/// integer (even one beyond 64 bits), a float, a string, or another kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    /// An integer, whatever its size (up to 128 bits).
+    Int(i128),
+    /// A floating-point number.
+    Float(f64),
+    /// A string or boolean, as text.
+    Text(String),
+    /// Something else, described: `an empty value`, `a list`, `a mapping`.
+    Other(&'static str),
+}
+
+impl From<i64> for RawValue {
+    fn from(n: i64) -> RawValue {
+        RawValue::Int(i128::from(n))
+    }
+}
+
+impl From<u32> for RawValue {
+    fn from(n: u32) -> RawValue {
+        RawValue::Int(i128::from(n))
+    }
+}
+
+impl fmt::Display for RawValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawValue::Int(n) => write!(f, "`{n}`"),
+            RawValue::Float(x) => write!(f, "`{x}`"),
+            RawValue::Text(s) => write!(f, "`{s}`"),
+            RawValue::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawValue, D::Error> {
+        deserializer.deserialize_any(RawValueVisitor)
+    }
+}
+
+struct RawValueVisitor;
+
+impl<'de> Visitor<'de> for RawValueVisitor {
+    type Value = RawValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawValue, E> {
+        Ok(RawValue::Text(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawValue, E> {
+        Ok(RawValue::Int(i128::from(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawValue, E> {
+        Ok(RawValue::Int(i128::from(v)))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<RawValue, E> {
+        Ok(RawValue::Int(v))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawValue, E> {
+        Ok(i128::try_from(v).map_or(RawValue::Float(v as f64), RawValue::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawValue, E> {
+        Ok(RawValue::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawValue, E> {
+        Ok(RawValue::Text(v.to_string()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<RawValue, E> {
+        Ok(RawValue::Other("an empty value"))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<RawValue, E> {
+        Ok(RawValue::Other("an empty value"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawValue, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RawValue::Other("a list"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawValue, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(RawValue::Other("a mapping"))
+    }
 }

@@ -4,11 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde_yaml::Value;
-
 use super::error::Problem;
 use super::locate::Locator;
-use super::raw::RawMap;
+use super::raw::{RawMap, RawValue};
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
 use crate::url::ConnUrl;
@@ -37,34 +35,22 @@ impl Checker<'_> {
     }
 
     /// An integer in `min..=max`, or a problem naming the value.
-    fn integer(&mut self, path: &str, value: &Value, min: i128, max: i128) -> Option<i128> {
-        let n = match value {
-            Value::Number(n) if n.is_i64() => n.as_i64().map(i128::from),
-            Value::Number(n) if n.is_u64() => n.as_u64().map(i128::from),
-            _ => None,
-        };
-        match n {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            Some(n) => {
-                self.report(path, format!("{n} is out of range {min}..={max}"));
+    fn integer(&mut self, path: &str, value: &RawValue, min: i128, max: i128) -> Option<i128> {
+        match value {
+            RawValue::Int(n) if (min..=max).contains(n) => Some(*n),
+            RawValue::Int(n) => {
+                self.report(path, format!("`{n}` is out of range {min}..={max}"));
                 None
             }
-            None => {
-                self.report(path, format!("{} is not an integer", show(value)));
+            RawValue::Float(x) if x.fract() == 0.0 => {
+                self.report(path, format!("`{x}` is out of range {min}..={max}"));
+                None
+            }
+            other => {
+                self.report(path, format!("{other} is not an integer"));
                 None
             }
         }
-    }
-}
-
-/// A YAML value as the user wrote it, for messages.
-fn show(value: &Value) -> String {
-    match value {
-        Value::Null => "an empty value".to_string(),
-        Value::String(s) => format!("`{s}`"),
-        other => serde_yaml::to_string(other)
-            .map(|s| format!("`{}`", s.trim_end()))
-            .unwrap_or_else(|_| "the value".to_string()),
     }
 }
 
@@ -85,8 +71,7 @@ fn is_sql_identifier(s: &str) -> bool {
 fn is_shard_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -155,7 +140,10 @@ pub(crate) fn validate(
     } else if raw.shards.len() > MAX_SHARDS {
         ck.report(
             "shards",
-            format!("{} shards; at most {MAX_SHARDS} are supported", raw.shards.len()),
+            format!(
+                "{} shards; at most {MAX_SHARDS} are supported",
+                raw.shards.len()
+            ),
         );
     }
     for (i, s) in raw.shards.into_iter().enumerate() {
@@ -182,13 +170,15 @@ pub(crate) fn validate(
         };
         let weight = match &s.weight {
             None => Some(1),
-            Some(w) => match w {
-                Value::Number(n) if n.as_f64().is_some_and(|f| f <= 0.0) => {
-                    ck.report(at("weight"), format!("weight {n} must be greater than 0"));
-                    None
-                }
-                _ => ck.integer(&at("weight"), w, 1, i128::from(MAX_WEIGHT)),
-            },
+            Some(RawValue::Int(n)) if *n <= 0 => {
+                ck.report(at("weight"), format!("weight `{n}` must be greater than 0"));
+                None
+            }
+            Some(RawValue::Float(x)) if *x <= 0.0 => {
+                ck.report(at("weight"), format!("weight `{x}` must be greater than 0"));
+                None
+            }
+            Some(w) => ck.integer(&at("weight"), w, 1, i128::from(MAX_WEIGHT)),
         };
         let pool = s.pool.as_ref();
         let max_size = match pool.and_then(|p| p.max_size.as_ref()) {
@@ -262,7 +252,8 @@ pub(crate) fn validate(
             ring: Ring::from_checked(&arcs),
         }),
         _ => {
-            ck.problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+            ck.problems
+                .sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
             Err(ck.problems)
         }
     }

@@ -1,0 +1,56 @@
+//! How a command fails: invalid input (exit 2) or a runtime failure (exit 1).
+
+use std::fmt::Display;
+
+use postshard_router::MapError;
+
+/// A failed command, with the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: a malformed map, argument or input line. Exit code 2.
+    Invalid(anyhow::Error),
+    /// Something failed while running: I/O, a database. Exit code 1.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    /// Invalid input described by `msg`.
+    pub fn invalid(msg: impl Display) -> Failure {
+        Failure::Invalid(anyhow::anyhow!("{msg}"))
+    }
+
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Invalid(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+
+    /// The message for stderr, with its causes.
+    pub fn message(&self) -> String {
+        let (Failure::Invalid(e) | Failure::Runtime(e)) = self;
+        match e.downcast_ref::<MapError>() {
+            // One `PATH:LINE:COL: message` line per problem, then a summary.
+            Some(MapError::Invalid { origin, problems }) => format!(
+                "{e}\nerror: {origin}: invalid shard map ({} problem{})",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            _ => format!("error: {e:#}"),
+        }
+    }
+}
+
+impl From<MapError> for Failure {
+    /// Every map error, even an unreadable file, is invalid input.
+    fn from(e: MapError) -> Failure {
+        Failure::Invalid(e.into())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Runtime(e.into())
+    }
+}
