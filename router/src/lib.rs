@@ -6,11 +6,15 @@
 //! the validated map; [`Router`] adds one connection pool per shard.
 
 pub mod hash;
+pub mod load;
 pub mod map;
 pub mod ring;
+mod router;
 pub mod url;
 
 pub use hash::{hashint8extended, Token};
+pub use load::LoadReport;
 pub use map::{MapError, ShardMap};
 pub use ring::Ring;
+pub use router::{Client, Params, Router, RouterError, ShardRows};
 pub use url::ConnUrl;

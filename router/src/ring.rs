@@ -1,10 +1,28 @@
-//! The token ring: sorted arc starts and their owners, searched without
-//! branches or allocation.
+//! The token ring: sorted arc starts and their owners, with a bucket index
+//! that makes a lookup O(1) and allocation-free.
 
 use crate::hash::Token;
 
 /// Number of tokens in the whole ring (2^64).
 pub const TOKEN_SPACE: u128 = 1 << 64;
+
+/// log2 of [`BUCKETS`].
+pub const BUCKET_BITS: u32 = 10;
+/// The ring is cut into this many equal token buckets, both to index the
+/// lookup and to count load; bucket `b` holds tokens from
+/// `i64::MIN + b * 2^54`.
+pub const BUCKETS: usize = 1 << BUCKET_BITS;
+
+/// The bucket holding `token`.
+#[inline]
+pub fn bucket_of(token: Token) -> usize {
+    ((token as u64 ^ (1 << 63)) >> (64 - BUCKET_BITS)) as usize
+}
+
+/// The first token of bucket `b` (`b < BUCKETS`).
+pub fn bucket_start(b: usize) -> Token {
+    (i128::from(Token::MIN) + ((b as i128) << (64 - BUCKET_BITS))) as Token
+}
 
 /// One arc: tokens `from ..= last` belong to shard index `shard`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,18 +49,50 @@ impl Arc {
 
 /// A validated ring: `starts[0] == i64::MIN`, strictly increasing, and every
 /// owner a valid shard index. Built only by map validation.
+///
+/// Besides the arcs it keeps, for each of the [`BUCKETS`] equal token buckets,
+/// the first and last arc that overlap the bucket. The part of one arc inside
+/// one bucket is a *segment*; segments are numbered in token order, which lets
+/// load counters keep one counter per segment and still report exact loads
+/// both per shard and per bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
     starts: Box<[Token]>,
     owners: Box<[u32]>,
+    /// `(first, last)` arc overlapping each bucket.
+    bucket_arcs: Box<[(u32, u32)]>,
+    /// Index of the first segment of each bucket, plus the total at the end.
+    segment_base: Box<[u32]>,
 }
 
 impl Ring {
-    /// Builds a ring from arcs already checked to be valid (see the module doc).
+    /// Builds a ring from arcs already checked to be valid: sorted, strictly
+    /// increasing, starting at `i64::MIN`, fewer than 2^31 of them.
     pub(crate) fn from_checked(arcs: &[(Token, u32)]) -> Ring {
+        let starts: Box<[Token]> = arcs.iter().map(|a| a.0).collect();
+        let mut bucket_arcs = Vec::with_capacity(BUCKETS);
+        let mut segment_base = Vec::with_capacity(BUCKETS + 1);
+        let (mut arc, mut segments) = (0usize, 0u32);
+        for b in 0..BUCKETS {
+            let first = arc;
+            let last_token = bucket_start(b).saturating_add((1 << (64 - BUCKET_BITS)) - 1);
+            while arc + 1 < starts.len() && starts[arc + 1] <= last_token {
+                arc += 1;
+            }
+            bucket_arcs.push((first as u32, arc as u32));
+            segment_base.push(segments);
+            segments += (arc - first + 1) as u32;
+            // The next bucket starts in `arc` unless the next arc starts exactly there.
+            if arc + 1 < starts.len() && starts[arc + 1] == last_token.wrapping_add(1) {
+                arc += 1;
+            }
+        }
+        segment_base.push(segments);
         Ring {
-            starts: arcs.iter().map(|a| a.0).collect(),
+            starts,
             owners: arcs.iter().map(|a| a.1).collect(),
+            bucket_arcs: bucket_arcs.into_boxed_slice(),
+            segment_base: segment_base.into_boxed_slice(),
         }
     }
 
@@ -53,11 +103,44 @@ impl Ring {
         self.owners[self.arc_index(token)] as usize
     }
 
-    /// Index of the arc holding `token`. Branchless binary search: the loop
-    /// runs log2(arcs) times whatever the token.
+    /// The owning shard and the segment of `token` (see [`Ring`]).
+    #[inline]
+    pub fn owner_and_segment(&self, token: Token) -> (usize, usize) {
+        let bucket = bucket_of(token);
+        let arc = self.arc_in_bucket(token, bucket);
+        let first = self.bucket_arcs.get(bucket).map_or(0, |a| a.0 as usize);
+        let base = self.segment_base.get(bucket).map_or(0, |s| *s as usize);
+        (self.owners[arc] as usize, base + arc - first)
+    }
+
+    /// Number of segments (see [`Ring`]).
+    pub fn segment_count(&self) -> usize {
+        self.segment_base.last().map_or(0, |n| *n as usize)
+    }
+
+    /// For each segment in order: its bucket and owning shard.
+    pub fn segments(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.bucket_arcs
+            .iter()
+            .enumerate()
+            .flat_map(move |(b, &(first, last))| {
+                (first..=last).map(move |arc| (b, self.owners[arc as usize] as usize))
+            })
+    }
+
+    /// Index of the arc holding `token`: the bucket index narrows the search
+    /// to the arcs overlapping the token's bucket (usually one), then a
+    /// branchless binary search runs over those.
     #[inline]
     pub fn arc_index(&self, token: Token) -> usize {
-        let starts = &self.starts[..];
+        self.arc_in_bucket(token, bucket_of(token))
+    }
+
+    #[inline]
+    fn arc_in_bucket(&self, token: Token, bucket: usize) -> usize {
+        let (lo, hi) = self.bucket_arcs.get(bucket).copied().unwrap_or((0, 0));
+        let lo = lo as usize;
+        let starts = self.starts.get(lo..=hi as usize).unwrap_or(&[]);
         let mut base = 0usize;
         let mut len = starts.len();
         while len > 1 {
@@ -67,7 +150,7 @@ impl Ring {
             base = if probe <= token { base + half } else { base };
             len -= half;
         }
-        base
+        lo + base
     }
 
     /// Number of arcs.
@@ -128,6 +211,21 @@ mod tests {
     }
 
     #[test]
+    fn buckets_split_the_space_evenly() {
+        assert_eq!(bucket_of(i64::MIN), 0);
+        assert_eq!(bucket_of(-1), BUCKETS / 2 - 1);
+        assert_eq!(bucket_of(0), BUCKETS / 2);
+        assert_eq!(bucket_of(i64::MAX), BUCKETS - 1);
+        for b in [0, 1, 511, 512, 1023] {
+            assert_eq!(bucket_of(bucket_start(b)), b);
+            assert_eq!(
+                bucket_of(bucket_start(b) - i64::from(b > 0)),
+                b.saturating_sub(1)
+            );
+        }
+    }
+
+    #[test]
     fn arcs_cover_the_whole_token_space() {
         let r = ring(&[(i64::MIN, 0), (0, 1), (5, 0)]);
         assert_eq!(r.owned_tokens(2).iter().sum::<u128>(), TOKEN_SPACE);
@@ -140,14 +238,21 @@ mod tests {
         #[test]
         fn binary_search_matches_a_linear_scan(
             mut starts in proptest::collection::btree_set(proptest::num::i64::ANY, 0..200),
+            clustered in proptest::collection::btree_set(-5000i64..5000, 0..50),
             tokens in proptest::collection::vec(proptest::num::i64::ANY, 1..50),
         ) {
             starts.insert(i64::MIN);
+            starts.extend(clustered);
             let arcs: Vec<(Token, u32)> = starts.iter().enumerate().map(|(i, s)| (*s, i as u32)).collect();
             let r = ring(&arcs);
+            let segments: Vec<(usize, usize)> = r.segments().collect();
+            proptest::prop_assert_eq!(segments.len(), r.segment_count());
             for t in tokens.into_iter().chain(starts.iter().copied()) {
                 let linear = arcs.iter().rposition(|a| a.0 <= t).unwrap();
                 proptest::prop_assert_eq!(r.arc_index(t), linear);
+                let (owner, segment) = r.owner_and_segment(t);
+                proptest::prop_assert_eq!(owner, linear);
+                proptest::prop_assert_eq!(segments[segment], (bucket_of(t), linear));
             }
         }
     }

@@ -1,0 +1,274 @@
+//! [`Router`]: a validated map plus one lazily connected pool per shard.
+
+use std::sync::Arc;
+
+use bb8::{Pool, PooledConnection, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use futures_util::future::join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::load::{LoadCounters, LoadReport};
+use crate::map::{Shard, ShardMap};
+use crate::url::ConnUrl;
+
+type Manager = PostgresConnectionManager<NoTls>;
+
+/// A pooled connection to one shard.
+pub type Client<'a> = PooledConnection<'a, Manager>;
+
+/// SQL parameters, as tokio-postgres takes them.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A failure talking to a shard; always names the shard and its (redacted) URL.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The shard's URL is not a valid tokio-postgres configuration.
+    #[error("shard {shard} ({url}): invalid connection settings")]
+    Config {
+        /// Shard name.
+        shard: String,
+        /// Redacted URL.
+        url: ConnUrl,
+        /// Driver error.
+        source: tokio_postgres::Error,
+    },
+    /// No connection to the shard could be had.
+    #[error("shard {shard} ({url}): cannot connect: {detail}")]
+    Connect {
+        /// Shard name.
+        shard: String,
+        /// Redacted URL.
+        url: ConnUrl,
+        /// What the driver or pool said.
+        detail: String,
+    },
+    /// The shard rejected or failed a statement.
+    #[error("shard {shard} ({url}): query failed: {detail}")]
+    Query {
+        /// Shard name.
+        shard: String,
+        /// Redacted URL.
+        url: ConnUrl,
+        /// The server's message (with SQLSTATE) or the driver's.
+        detail: String,
+        /// Driver error.
+        source: tokio_postgres::Error,
+    },
+}
+
+impl RouterError {
+    /// The SQLSTATE the shard returned, if the failure was a server error.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            RouterError::Query { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Describes a driver error with the server's message, which the error's own
+/// `Display` leaves out ("db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Rows returned by one shard in a [`Router::fan_out`].
+#[derive(Debug)]
+pub struct ShardRows {
+    /// Index of the shard in the map.
+    pub shard: usize,
+    /// The rows, or why the shard failed.
+    pub rows: Result<Vec<Row>, RouterError>,
+}
+
+/// Routes keys to shards and runs statements on the owner's pooled connection.
+///
+/// Routing is pure and never blocks; connections open lazily, so one shard
+/// being down affects only the keys it owns.
+pub struct Router {
+    map: Arc<ShardMap>,
+    pools: Vec<Pool<Manager>>,
+    load: LoadCounters,
+}
+
+impl Router {
+    /// Builds one pool per shard without connecting yet.
+    pub async fn connect(map: ShardMap) -> Result<Router, RouterError> {
+        let mut pools = Vec::with_capacity(map.shards().len());
+        for shard in map.shards() {
+            let mut config: tokio_postgres::Config =
+                shard
+                    .url
+                    .expose()
+                    .parse()
+                    .map_err(|source| RouterError::Config {
+                        shard: shard.name.clone(),
+                        url: shard.url.clone(),
+                        source,
+                    })?;
+            config.connect_timeout(shard.pool.connect_timeout);
+            let pool = Pool::builder()
+                .max_size(shard.pool.max_size)
+                .connection_timeout(shard.pool.connect_timeout)
+                // Fail fast with the driver's reason instead of retrying until the timeout.
+                .retry_connection(false)
+                .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+            pools.push(pool);
+        }
+        Ok(Router {
+            load: LoadCounters::new(&map),
+            map: Arc::new(map),
+            pools,
+        })
+    }
+
+    /// The map this router routes with.
+    pub fn map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// The shard owning `key`, counted in the load report.
+    #[inline]
+    pub fn shard_for(&self, key: i64) -> &Shard {
+        &self.map.shards()[self.route(key)]
+    }
+
+    /// Index of the shard owning `key`, counting the call.
+    #[inline]
+    fn route(&self, key: i64) -> usize {
+        let (shard, segment) = self.map.ring().owner_and_segment(self.map.token(key));
+        self.load.record(segment);
+        shard
+    }
+
+    /// Calls routed so far, per shard and per token bucket.
+    pub fn load_report(&self) -> LoadReport {
+        self.load.report(&self.map)
+    }
+
+    /// A pooled connection to the shard owning `key`.
+    pub async fn client(&self, key: i64) -> Result<Client<'_>, RouterError> {
+        self.client_of(self.route(key)).await
+    }
+
+    /// A pooled connection to shard `index`.
+    pub async fn client_of(&self, index: usize) -> Result<Client<'_>, RouterError> {
+        let shard = &self.map.shards()[index];
+        let connect_error = |detail: String| RouterError::Connect {
+            shard: shard.name.clone(),
+            url: shard.url.clone(),
+            detail,
+        };
+        match self.pools[index].get().await {
+            Ok(client) => Ok(client),
+            Err(RunError::User(e)) => Err(connect_error(describe(&e))),
+            Err(RunError::TimedOut) => Err(connect_error(format!(
+                "no connection within {:?}",
+                shard.pool.connect_timeout
+            ))),
+        }
+    }
+
+    fn query_error(&self, index: usize, source: tokio_postgres::Error) -> RouterError {
+        let shard = &self.map.shards()[index];
+        RouterError::Query {
+            shard: shard.name.clone(),
+            url: shard.url.clone(),
+            detail: describe(&source),
+            source,
+        }
+    }
+
+    /// Runs a statement on the owner of `key`; returns the rows affected.
+    pub async fn execute(
+        &self,
+        key: i64,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<u64, RouterError> {
+        let index = self.route(key);
+        let client = self.client_of(index).await?;
+        client
+            .execute(sql, params)
+            .await
+            .map_err(|e| self.query_error(index, e))
+    }
+
+    /// Runs a query on the owner of `key`.
+    pub async fn query(
+        &self,
+        key: i64,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, RouterError> {
+        self.query_on(self.route(key), sql, params).await
+    }
+
+    /// Runs a query that returns exactly one row on the owner of `key`.
+    pub async fn query_one(
+        &self,
+        key: i64,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Row, RouterError> {
+        let index = self.route(key);
+        let client = self.client_of(index).await?;
+        client
+            .query_one(sql, params)
+            .await
+            .map_err(|e| self.query_error(index, e))
+    }
+
+    /// Runs a query that returns at most one row on the owner of `key`.
+    pub async fn query_opt(
+        &self,
+        key: i64,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, RouterError> {
+        let index = self.route(key);
+        let client = self.client_of(index).await?;
+        client
+            .query_opt(sql, params)
+            .await
+            .map_err(|e| self.query_error(index, e))
+    }
+
+    async fn query_on(
+        &self,
+        index: usize,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, RouterError> {
+        let client = self.client_of(index).await?;
+        client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.query_error(index, e))
+    }
+
+    /// Runs a query on every shard concurrently; one entry per shard, in map
+    /// order, each with its rows or its own error.
+    pub async fn fan_out(&self, sql: &str, params: Params<'_>) -> Vec<ShardRows> {
+        join_all((0..self.pools.len()).map(|shard| async move {
+            ShardRows {
+                shard,
+                rows: self.query_on(shard, sql, params).await,
+            }
+        }))
+        .await
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the integration tests.
+
+use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
+use postshard_router::map::HASH_FUNCTION;
+use postshard_router::{ShardMap, Token};
+use postshard_sandbox::Cluster;
+
+/// A multi-threaded runtime for async tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Connects to `url` and drives the connection in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// The forum schema every test shard gets.
+pub const FORUM_SCHEMA: &str = "
+    CREATE TABLE posts (id bigint PRIMARY KEY, board int NOT NULL, title text NOT NULL);
+    CREATE TABLE comments (id bigserial PRIMARY KEY, post_id bigint NOT NULL, body text NOT NULL);
+    CREATE INDEX ON comments (post_id);";
+
+/// A map over `cluster`'s servers with shards `s0..`, the given ring
+/// (arc start, shard index), seed and shard URLs rewritten by `url`.
+pub fn map_for(
+    cluster: &Cluster,
+    seed: i64,
+    ring: &[(Token, usize)],
+    url: impl Fn(String) -> String,
+) -> ShardMap {
+    let raw = RawMap {
+        version: RawValue::Int(1),
+        hash: RawHash {
+            function: HASH_FUNCTION.to_string(),
+            seed: RawValue::from(seed),
+        },
+        tables: vec![
+            RawTable {
+                name: "posts".into(),
+                key: "id".into(),
+            },
+            RawTable {
+                name: "comments".into(),
+                key: "post_id".into(),
+            },
+        ],
+        shards: cluster
+            .servers()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| RawShard {
+                name: format!("s{i}"),
+                url: url(s.url()),
+                weight: None,
+                pool: None,
+            })
+            .collect(),
+        ring: ring
+            .iter()
+            .map(|(from, shard)| RawArc {
+                from: RawValue::from(*from),
+                shard: format!("s{shard}"),
+            })
+            .collect(),
+    };
+    ShardMap::from_raw(raw, "test", &|_| None).expect("valid test map")
+}
+
+/// A small deterministic PRNG (xorshift64*), so tests need no extra crates.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}

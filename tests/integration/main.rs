@@ -1,0 +1,6 @@
+//! Integration tests of postshard, against real throwaway PostgreSQL servers
+//! and the built `postshard` binary. One binary, one module per area.
+
+mod common;
+mod hash_pg;
+mod router_pg;

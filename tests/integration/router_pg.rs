@@ -1,0 +1,212 @@
+//! The router against three real shards: placement, fan-out, a dead shard.
+
+use std::collections::BTreeSet;
+
+use postshard_router::{Router, RouterError, ShardMap};
+use postshard_sandbox::Cluster;
+
+use crate::common::{connect, map_for, runtime, FORUM_SCHEMA};
+
+const SEED: i64 = 7_777;
+const POSTS: i64 = 3_000;
+
+/// Six arcs, two per shard, interleaved, so ownership is not one range each.
+const RING: [(i64, usize); 6] = [
+    (i64::MIN, 0),
+    (-6_000_000_000_000_000_000, 1),
+    (-2_000_000_000_000_000_000, 2),
+    (0, 0),
+    (3_000_000_000_000_000_000, 1),
+    (6_000_000_000_000_000_000, 2),
+];
+
+/// SQL that is true when `hashint8extended(col, SEED)` lies in an arc of `shard`.
+fn owned_predicate(map: &ShardMap, shard: usize, col: &str) -> String {
+    let arcs: Vec<String> = map
+        .ring()
+        .arcs()
+        .filter(|a| a.shard == shard)
+        .map(|a| {
+            format!(
+                "hashint8extended({col}, {}) BETWEEN {} AND {}",
+                map.seed(),
+                a.from,
+                a.last
+            )
+        })
+        .collect();
+    format!("({})", arcs.join(" OR "))
+}
+
+#[test]
+fn rows_land_on_their_owner_fan_out_sees_all_and_a_dead_shard_fails_alone() {
+    let cluster = Cluster::start(3).expect("start PostgreSQL");
+    for s in cluster.servers() {
+        s.psql(FORUM_SCHEMA).expect("schema");
+    }
+    // A password the servers ignore (trust auth) but that must never be shown.
+    let map = map_for(&cluster, SEED, &RING, |url| {
+        url.replace("postgres@", "postgres:hunter2@")
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        let router = Router::connect(map.clone()).await.expect("router");
+        for id in 1..=POSTS {
+            router
+                .execute(
+                    id,
+                    "INSERT INTO posts (id, board, title) VALUES ($1, $2, $3)",
+                    &[&id, &((id % 7) as i32), &format!("post {id}")],
+                )
+                .await
+                .expect("insert post");
+            router
+                .execute(
+                    id,
+                    "INSERT INTO comments (post_id, body) VALUES ($1, 'first'), ($1, 'second')",
+                    &[&id],
+                )
+                .await
+                .expect("insert comments");
+        }
+        let row = router
+            .query_one(42, "SELECT title FROM posts WHERE id = $1", &[&42i64])
+            .await
+            .expect("read back");
+        assert_eq!(row.get::<_, String>(0), "post 42");
+        assert!(router
+            .query_opt(
+                POSTS + 1,
+                "SELECT 1 FROM posts WHERE id = $1",
+                &[&(POSTS + 1)]
+            )
+            .await
+            .expect("query_opt")
+            .is_none());
+
+        // Placement, checked by SQL on each shard: every row's token is in an
+        // arc the shard owns, and each post is on exactly one shard.
+        let mut seen = BTreeSet::new();
+        for (i, server) in cluster.servers().iter().enumerate() {
+            let client = connect(&server.url()).await;
+            for (table, col) in [("posts", "id"), ("comments", "post_id")] {
+                let stray: i64 = client
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM {table} WHERE NOT {}",
+                            owned_predicate(&map, i, col)
+                        ),
+                        &[],
+                    )
+                    .await
+                    .expect("count strays")
+                    .get(0);
+                assert_eq!(
+                    stray, 0,
+                    "shard s{i} holds {stray} {table} rows it does not own"
+                );
+            }
+            let ids: Vec<i64> = client
+                .query("SELECT id FROM posts", &[])
+                .await
+                .expect("ids")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert!(!ids.is_empty(), "shard s{i} got no posts");
+            for id in ids {
+                assert!(seen.insert(id), "post {id} is on two shards");
+                assert_eq!(map.shard_index_for(id), i, "post {id}");
+            }
+        }
+        assert_eq!(seen, (1..=POSTS).collect::<BTreeSet<_>>());
+
+        // fan_out returns every shard's rows, in map order.
+        let out = router
+            .fan_out("SELECT id FROM posts WHERE board = $1", &[&3i32])
+            .await;
+        assert_eq!(out.len(), 3);
+        let mut fanned = BTreeSet::new();
+        for (i, shard) in out.into_iter().enumerate() {
+            assert_eq!(shard.shard, i);
+            for row in shard.rows.expect("fan-out rows") {
+                let id: i64 = row.get(0);
+                assert_eq!(map.shard_index_for(id), i);
+                fanned.insert(id);
+            }
+        }
+        let expected: BTreeSet<i64> = (1..=POSTS).filter(|id| id % 7 == 3).collect();
+        assert_eq!(fanned, expected);
+
+        // Every routed call above was counted against its shard.
+        let report = router.load_report();
+        let total: u64 = report.shards.values().sum();
+        assert_eq!(
+            total,
+            2 * POSTS as u64 + 2 + 0,
+            "inserts + query_one + query_opt"
+        );
+        assert_eq!(report.bucket_loads.iter().sum::<u64>(), total);
+        let expected_s1 = 2
+            * (1..=POSTS)
+                .filter(|id| map.shard_index_for(*id) == 1)
+                .count() as u64
+            + u64::from(map.shard_index_for(42) == 1)
+            + u64::from(map.shard_index_for(POSTS + 1) == 1);
+        assert_eq!(report.shards["s1"], expected_s1);
+
+        // Stop s1: its keys fail with an error naming it; the others still work.
+        cluster.servers()[1].stop().expect("stop s1");
+        let dead = (1..=POSTS)
+            .find(|id| map.shard_index_for(*id) == 1)
+            .unwrap();
+        let alive = (1..=POSTS)
+            .find(|id| map.shard_index_for(*id) == 2)
+            .unwrap();
+        // Pooled connections to s1 die with the server; retry until the pool notices.
+        let mut err = None;
+        for _ in 0..3 {
+            match router
+                .query(dead, "SELECT title FROM posts WHERE id = $1", &[&dead])
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = err.expect("s1 is stopped: its keys must fail");
+        let text = err.to_string();
+        assert!(text.starts_with("shard s1 ("), "{text}");
+        assert!(
+            text.contains(&format!(":{}/forum", cluster.servers()[1].port())),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !format!("{err:?}").contains("hunter2"),
+            "{err:?}"
+        );
+        assert!(matches!(
+            err,
+            RouterError::Connect { .. } | RouterError::Query { .. }
+        ));
+        let row = router
+            .query_one(alive, "SELECT title FROM posts WHERE id = $1", &[&alive])
+            .await
+            .expect("s2 still serves while s1 is down");
+        assert_eq!(row.get::<_, String>(0), format!("post {alive}"));
+        let out = router.fan_out("SELECT count(*) FROM posts", &[]).await;
+        assert!(out[0].rows.is_ok() && out[2].rows.is_ok());
+        assert!(out[1]
+            .rows
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("shard s1")));
+        // A fresh connection attempt to the dead shard is a Connect error.
+        let fresh = Router::connect(map.clone()).await.expect("router");
+        let err = fresh.client(dead).await.err().expect("no connection to s1");
+        assert!(matches!(err, RouterError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("postgres:***@"), "{err}");
+    });
+}
