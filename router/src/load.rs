@@ -1,8 +1,18 @@
 //! Request counters: how many routed calls each shard and each token bucket
-//! received, kept with one relaxed atomic increment per call.
+//! received.
+//!
+//! Counting must stay within a couple of nanoseconds, so the hot path has no
+//! locked read-modify-write: each of the first [`ROWS`] threads that route in
+//! the process gets its own row of counters, which only it writes (a plain
+//! relaxed load and store); later threads share one row through `fetch_add`.
+//! Either way every call is counted exactly, and a report sums all rows. A
+//! counter is kept per ring segment (the part of an arc inside one bucket),
+//! so one increment yields exact counts per shard and per bucket.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,25 +22,62 @@ use crate::ring::BUCKETS;
 /// Format version of [`LoadReport`].
 pub const LOAD_REPORT_VERSION: u32 = 1;
 
-/// One counter per ring segment (the part of an arc inside a bucket), so a
-/// single increment yields exact counts per shard and per bucket.
+/// Threads that get a row of their own; row `ROWS` is the shared one.
+const ROWS: usize = 64;
+
+/// Hands out thread numbers, once per thread, for the life of the process.
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's number, or `usize::MAX` before its first routed call.
+    static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's number.
+#[inline(always)]
+fn thread_number() -> usize {
+    THREAD.with(|t| {
+        let n = t.get();
+        if n != usize::MAX {
+            return n;
+        }
+        let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        t.set(n);
+        n
+    })
+}
+
+/// Per-segment call counters of one router.
 #[derive(Debug)]
 pub(crate) struct LoadCounters {
-    segments: Box<[AtomicU64]>,
+    segments: usize,
+    /// Rows `0..ROWS` belong to one thread each; row `ROWS` is shared.
+    rows: Box<[OnceLock<Box<[AtomicU64]>>]>,
 }
 
 impl LoadCounters {
     pub(crate) fn new(map: &ShardMap) -> LoadCounters {
         LoadCounters {
-            segments: (0..map.ring().segment_count())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            segments: map.ring().segment_count(),
+            rows: (0..=ROWS).map(|_| OnceLock::new()).collect(),
         }
     }
 
-    #[inline]
+    fn row(&self, index: usize) -> Option<&[AtomicU64]> {
+        let row = self.rows.get(index)?;
+        Some(row.get_or_init(|| (0..self.segments).map(|_| AtomicU64::new(0)).collect()))
+    }
+
+    /// Counts one call that landed in `segment`.
+    #[inline(always)]
     pub(crate) fn record(&self, segment: usize) {
-        if let Some(counter) = self.segments.get(segment) {
+        let thread = thread_number();
+        if thread < ROWS {
+            if let Some(counter) = self.row(thread).and_then(|row| row.get(segment)) {
+                // Only this thread writes this row: load + store is exact.
+                counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+        } else if let Some(counter) = self.row(ROWS).and_then(|row| row.get(segment)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -38,8 +85,13 @@ impl LoadCounters {
     pub(crate) fn report(&self, map: &ShardMap) -> LoadReport {
         let mut shards = vec![0u64; map.shards().len()];
         let mut bucket_loads = vec![0u64; BUCKETS];
-        for ((bucket, shard), counter) in map.ring().segments().zip(self.segments.iter()) {
-            let n = counter.load(Ordering::Relaxed);
+        for (segment, (bucket, shard)) in map.ring().segments().enumerate() {
+            let n: u64 = self
+                .rows
+                .iter()
+                .filter_map(|row| row.get()?.get(segment))
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum();
             bucket_loads[bucket] += n;
             shards[shard] += n;
         }
@@ -74,4 +126,47 @@ pub struct LoadReport {
     pub shards: BTreeMap<String, u64>,
     /// Calls per token bucket.
     pub bucket_loads: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up_exactly() {
+        let map = ShardMap::from_yaml_str(
+            "version: 3\nhash: {function: pg_hashint8extended, seed: 0}\n\
+             tables: [{name: posts, key: id}]\n\
+             shards: [{name: a, url: 'postgres://h/a'}, {name: b, url: 'postgres://h/b'}]\n\
+             ring: [{from: -9223372036854775808, shard: a}, {from: 5, shard: b}, {from: 1000, shard: a}]\n",
+        )
+        .unwrap();
+        let counters = LoadCounters::new(&map);
+        let keys: Vec<i64> = (0..10_000).collect();
+        // More threads than private rows, so the shared row is exercised too.
+        std::thread::scope(|s| {
+            for chunk in keys.chunks(100) {
+                let (map, counters) = (&map, &counters);
+                s.spawn(move || {
+                    for &k in chunk {
+                        let (_, segment) = map.ring().owner_and_segment(map.token(k));
+                        counters.record(segment);
+                    }
+                });
+            }
+        });
+        let report = counters.report(&map);
+        let want_b = keys
+            .iter()
+            .filter(|k| map.shard_index_for(**k) == 1)
+            .count() as u64;
+        assert_eq!(report.shards["b"], want_b);
+        assert_eq!(report.shards["a"], 10_000 - want_b);
+        assert_eq!(report.map_version, 3);
+        let mut want_buckets = vec![0u64; BUCKETS];
+        for k in &keys {
+            want_buckets[crate::ring::bucket_of(map.token(*k))] += 1;
+        }
+        assert_eq!(report.bucket_loads, want_buckets);
+    }
 }

@@ -59,10 +59,18 @@ impl Arc {
 pub struct Ring {
     starts: Box<[Token]>,
     owners: Box<[u32]>,
-    /// `(first, last)` arc overlapping each bucket.
-    bucket_arcs: Box<[(u32, u32)]>,
-    /// Index of the first segment of each bucket, plus the total at the end.
-    segment_base: Box<[u32]>,
+    /// Per bucket: first and last arc overlapping it, and its first segment.
+    buckets: Box<[BucketIndex]>,
+    /// Number of segments.
+    segment_count: usize,
+}
+
+/// What a lookup needs to know about one bucket, in one cache access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct BucketIndex {
+    first_arc: u32,
+    last_arc: u32,
+    first_segment: u32,
 }
 
 impl Ring {
@@ -70,8 +78,7 @@ impl Ring {
     /// increasing, starting at `i64::MIN`, fewer than 2^31 of them.
     pub(crate) fn from_checked(arcs: &[(Token, u32)]) -> Ring {
         let starts: Box<[Token]> = arcs.iter().map(|a| a.0).collect();
-        let mut bucket_arcs = Vec::with_capacity(BUCKETS);
-        let mut segment_base = Vec::with_capacity(BUCKETS + 1);
+        let mut buckets = Vec::with_capacity(BUCKETS);
         let (mut arc, mut segments) = (0usize, 0u32);
         for b in 0..BUCKETS {
             let first = arc;
@@ -79,20 +86,22 @@ impl Ring {
             while arc + 1 < starts.len() && starts[arc + 1] <= last_token {
                 arc += 1;
             }
-            bucket_arcs.push((first as u32, arc as u32));
-            segment_base.push(segments);
+            buckets.push(BucketIndex {
+                first_arc: first as u32,
+                last_arc: arc as u32,
+                first_segment: segments,
+            });
             segments += (arc - first + 1) as u32;
             // The next bucket starts in `arc` unless the next arc starts exactly there.
             if arc + 1 < starts.len() && starts[arc + 1] == last_token.wrapping_add(1) {
                 arc += 1;
             }
         }
-        segment_base.push(segments);
         Ring {
             starts,
             owners: arcs.iter().map(|a| a.1).collect(),
-            bucket_arcs: bucket_arcs.into_boxed_slice(),
-            segment_base: segment_base.into_boxed_slice(),
+            buckets: buckets.into_boxed_slice(),
+            segment_count: segments as usize,
         }
     }
 
@@ -106,26 +115,23 @@ impl Ring {
     /// The owning shard and the segment of `token` (see [`Ring`]).
     #[inline]
     pub fn owner_and_segment(&self, token: Token) -> (usize, usize) {
-        let bucket = bucket_of(token);
-        let arc = self.arc_in_bucket(token, bucket);
-        let first = self.bucket_arcs.get(bucket).map_or(0, |a| a.0 as usize);
-        let base = self.segment_base.get(bucket).map_or(0, |s| *s as usize);
-        (self.owners[arc] as usize, base + arc - first)
+        let index = self.bucket_index(bucket_of(token));
+        let arc = self.arc_in_bucket(token, index);
+        let segment = (index.first_segment + arc as u32 - index.first_arc) as usize;
+        (self.owners[arc] as usize, segment)
     }
 
     /// Number of segments (see [`Ring`]).
     pub fn segment_count(&self) -> usize {
-        self.segment_base.last().map_or(0, |n| *n as usize)
+        self.segment_count
     }
 
     /// For each segment in order: its bucket and owning shard.
     pub fn segments(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.bucket_arcs
-            .iter()
-            .enumerate()
-            .flat_map(move |(b, &(first, last))| {
-                (first..=last).map(move |arc| (b, self.owners[arc as usize] as usize))
-            })
+        self.buckets.iter().enumerate().flat_map(move |(b, index)| {
+            (index.first_arc..=index.last_arc)
+                .map(move |arc| (b, self.owners[arc as usize] as usize))
+        })
     }
 
     /// Index of the arc holding `token`: the bucket index narrows the search
@@ -133,14 +139,18 @@ impl Ring {
     /// branchless binary search runs over those.
     #[inline]
     pub fn arc_index(&self, token: Token) -> usize {
-        self.arc_in_bucket(token, bucket_of(token))
+        self.arc_in_bucket(token, self.bucket_index(bucket_of(token)))
     }
 
     #[inline]
-    fn arc_in_bucket(&self, token: Token, bucket: usize) -> usize {
-        let (lo, hi) = self.bucket_arcs.get(bucket).copied().unwrap_or((0, 0));
-        let lo = lo as usize;
-        let starts = self.starts.get(lo..=hi as usize).unwrap_or(&[]);
+    fn bucket_index(&self, bucket: usize) -> BucketIndex {
+        self.buckets.get(bucket).copied().unwrap_or_default()
+    }
+
+    #[inline]
+    fn arc_in_bucket(&self, token: Token, index: BucketIndex) -> usize {
+        let lo = index.first_arc as usize;
+        let starts = self.starts.get(lo..=index.last_arc as usize).unwrap_or(&[]);
         let mut base = 0usize;
         let mut len = starts.len();
         while len > 1 {
