@@ -182,7 +182,8 @@ impl Router {
         }
     }
 
-    fn query_error(&self, index: usize, source: tokio_postgres::Error) -> RouterError {
+    /// A query error on shard `index`, naming the shard.
+    pub fn query_error(&self, index: usize, source: tokio_postgres::Error) -> RouterError {
         let shard = &self.map.shards()[index];
         RouterError::Query {
             shard: shard.name.clone(),

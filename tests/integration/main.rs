@@ -5,3 +5,4 @@ mod cli_map;
 mod common;
 mod hash_pg;
 mod router_pg;
+mod skew_live;
