@@ -1,0 +1,282 @@
+//! The plan file: a [`Plan`] in YAML, written by hand for one-line moves and
+//! read with serde, unknown fields denied.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use postshard_router::Token;
+use serde::Deserialize;
+
+use super::histogram::TokenHistogram;
+
+/// A rebalance plan: the shards after it and the token ranges that change
+/// owner, made for one version of the map.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Version of the map the plan applies to; the result has version + 1.
+    pub base_version: u64,
+    /// What the plan does, for people.
+    pub intent: String,
+    /// The map's shards before the plan, in map order (to check the base map
+    /// and to reverse the plan).
+    pub base_shards: Vec<PlanShard>,
+    /// The shards after the plan, in map order.
+    pub shards: Vec<PlanShard>,
+    /// Token ranges changing owner, in token order.
+    pub moves: Vec<PlannedMove>,
+}
+
+/// A shard as a plan records it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanShard {
+    /// Unique name.
+    pub name: String,
+    /// Connection URL template, `${VAR}` references intact (never expanded).
+    pub url: String,
+    /// Relative capacity.
+    pub weight: u32,
+}
+
+/// A token range [from, to) changing owner, shards named.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedMove {
+    /// First token moved.
+    pub from: Token,
+    /// One past the last token moved; 2^63 for the end of the ring.
+    pub to: i128,
+    /// Shard giving the range away.
+    pub source: String,
+    /// Shard receiving it.
+    pub target: String,
+    /// Estimated rows moved, when known.
+    #[serde(default)]
+    pub rows: Option<u64>,
+    /// Estimated bytes moved, when known.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+/// What a load histogram counts, for [`Plan::estimate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Rows.
+    Rows,
+    /// Bytes.
+    Bytes,
+}
+
+/// Why a plan file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFileError {
+    /// The file could not be read.
+    #[error("cannot read plan {}", path.display())]
+    Read {
+        /// The plan file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has unknown, missing or mistyped fields.
+    #[error("{origin}:{}{message}", location.map_or(String::new(), |(l, c)| format!("{l}:{c}: ")))]
+    Parse {
+        /// The file path, or `<string>` for text from memory.
+        origin: String,
+        /// Line and column, from 1, when known.
+        location: Option<(usize, usize)>,
+        /// What is wrong, with the YAML path of the offending node.
+        message: String,
+    },
+}
+
+impl Plan {
+    /// Reads the plan file at `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Plan, PlanFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PlanFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Plan::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a plan held in memory; errors name `<string>`.
+    pub fn from_yaml_str(text: &str) -> Result<Plan, PlanFileError> {
+        Plan::parse(text, "<string>")
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Plan, PlanFileError> {
+        serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // serde_yaml appends " at line L column C"; the location is reported apart.
+            let message = match message.rfind(" at line ") {
+                Some(cut) if e.location().is_some() => message[..cut].to_string(),
+                _ => message,
+            };
+            PlanFileError::Parse {
+                origin: origin.to_string(),
+                location: e.location().map(|l| (l.line(), l.column())),
+                message,
+            }
+        })
+    }
+
+    /// The plan as YAML: one line per move.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_yaml(&mut out);
+        out
+    }
+
+    fn write_yaml(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "base_version: {}", self.base_version)?;
+        writeln!(out, "intent: {}", scalar(&self.intent))?;
+        for (key, shards) in [("base_shards", &self.base_shards), ("shards", &self.shards)] {
+            writeln!(out, "{key}:")?;
+            for s in shards {
+                writeln!(out, "  - name: {}", scalar(&s.name))?;
+                writeln!(out, "    url: {}", scalar(&s.url))?;
+                writeln!(out, "    weight: {}", s.weight)?;
+            }
+        }
+        if self.moves.is_empty() {
+            return writeln!(out, "moves: []");
+        }
+        writeln!(out, "moves:")?;
+        for m in &self.moves {
+            write!(
+                out,
+                "  - {{ from: {}, to: {}, source: {}, target: {}",
+                m.from,
+                m.to,
+                scalar(&m.source),
+                scalar(&m.target)
+            )?;
+            if let Some(rows) = m.rows {
+                write!(out, ", rows: {rows}")?;
+            }
+            if let Some(bytes) = m.bytes {
+                write!(out, ", bytes: {bytes}")?;
+            }
+            writeln!(out, " }}")?;
+        }
+        Ok(())
+    }
+
+    /// Total number of tokens the plan moves.
+    pub fn moved_tokens(&self) -> u128 {
+        self.moves
+            .iter()
+            .map(|m| u128::try_from(m.to - i128::from(m.from)).unwrap_or(0))
+            .sum()
+    }
+
+    /// Records on each move the rows or bytes `histogram` predicts it moves.
+    pub fn estimate(&mut self, histogram: &TokenHistogram, unit: Unit) {
+        for m in &mut self.moves {
+            let amount = Some(histogram.load_between(i128::from(m.from), m.to).round() as u64);
+            match unit {
+                Unit::Rows => m.rows = amount,
+                Unit::Bytes => m.bytes = amount,
+            }
+        }
+    }
+}
+
+/// A string as a YAML scalar, quoted when YAML needs it (always inside flow
+/// mappings, whose `{`, `}` and `,` a plain scalar may not hold).
+fn scalar(s: &str) -> String {
+    let plain = serde_yaml::to_string(s).map(|y| y.trim_end().to_string());
+    match plain {
+        Ok(y) if !y.contains(['{', '}', ',', '[', ']', '\n']) => y,
+        _ => format!("{s:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Plan {
+        let shard = |name: &str, url: &str, weight| PlanShard {
+            name: name.to_string(),
+            url: url.to_string(),
+            weight,
+        };
+        Plan {
+            base_version: 7,
+            intent: "add shard s2 (weight 2): yes, really".to_string(),
+            base_shards: vec![
+                shard("s0", "postgres://app:${PGPASSWORD}@db0/posts", 1),
+                shard("yes", "postgres://db1/posts?options={x}", 1),
+            ],
+            shards: vec![
+                shard("s0", "postgres://app:${PGPASSWORD}@db0/posts", 1),
+                shard("yes", "postgres://db1/posts?options={x}", 1),
+                shard("s2", "host=db2 dbname=posts", 2),
+            ],
+            moves: vec![
+                PlannedMove {
+                    from: i64::MIN,
+                    to: -5,
+                    source: "s0".to_string(),
+                    target: "s2".to_string(),
+                    rows: Some(12),
+                    bytes: None,
+                },
+                PlannedMove {
+                    from: 100,
+                    to: 1 << 63,
+                    source: "yes".to_string(),
+                    target: "s2".to_string(),
+                    rows: None,
+                    bytes: Some(4096),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let plan = sample();
+        let yaml = plan.to_yaml();
+        assert!(yaml.contains("to: 9223372036854775808"), "{yaml}");
+        assert!(yaml.contains("${PGPASSWORD}"), "{yaml}");
+        assert_eq!(Plan::from_yaml_str(&yaml).unwrap(), plan);
+        let empty = Plan {
+            moves: Vec::new(),
+            ..plan
+        };
+        assert_eq!(Plan::from_yaml_str(&empty.to_yaml()).unwrap(), empty);
+    }
+
+    #[test]
+    fn parse_errors_name_origin_line_and_field() {
+        let yaml = sample()
+            .to_yaml()
+            .replace("weight: 2", "weight: 2\n    colour: red");
+        let e = Plan::from_yaml_str(&yaml).unwrap_err().to_string();
+        assert!(e.starts_with("<string>:"), "{e}");
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let line = yaml.lines().position(|l| l.contains("colour")).unwrap() + 1;
+        assert!(e.contains(&format!(":{line}:")), "{e}");
+        assert!(e.contains("shards[2]"), "{e}");
+    }
+
+    #[test]
+    fn counts_moved_tokens_and_estimates_rows() {
+        let mut plan = sample();
+        assert_eq!(
+            plan.moved_tokens(),
+            ((1u128 << 63) - 5) + ((1u128 << 63) - 100)
+        );
+        let histogram = TokenHistogram::equal_buckets(&[10, 30], &[]).unwrap();
+        plan.estimate(&histogram, Unit::Bytes);
+        assert_eq!(plan.moves[0].bytes, Some(10));
+        assert_eq!(plan.moves[1].bytes, Some(30));
+        assert_eq!(plan.moves[0].rows, Some(12));
+    }
+}

@@ -1,0 +1,229 @@
+//! The JSON load file read by `postshard plan balance --load FILE`:
+//!
+//! ```json
+//! {"version": 1, "map_version": 7, "buckets": 1024, "shards": {"s0": 512, "s1": 488},
+//!  "bucket_loads": [3, 0, 7, ...], "hot_tokens": [{"token": -42, "load": 90}]}
+//! ```
+//!
+//! Bucket `b` of `buckets` equal buckets covers tokens from
+//! `i64::MIN + b * 2^64 / buckets` up to the next bucket's start. `shards`
+//! holds each shard's total when the report was taken. `map_version` (the
+//! map the load was measured under) and `hot_tokens` are optional; hot
+//! tokens' loads are included in their buckets' loads. This is the router's
+//! load report (`postshard_router::LoadReport`) plus hot tokens. Unknown
+//! fields are refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::histogram::{HistogramError, HotToken, TokenHistogram};
+
+/// The only supported `version`.
+pub const LOAD_FILE_VERSION: u32 = 1;
+
+/// Most buckets a load file may hold.
+pub const MAX_BUCKETS: usize = 1 << 20;
+
+/// Why a load file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFileError {
+    /// The file could not be read.
+    #[error("cannot read load file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or has unknown or missing fields.
+    #[error("{origin}:{line}:{column}: {message}")]
+    Parse {
+        /// The file path, or a label for text from memory.
+        origin: String,
+        /// Line, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An unsupported `version`.
+    #[error("{origin}: version {version} is not supported (expected {LOAD_FILE_VERSION})")]
+    Version {
+        /// The file path or label.
+        origin: String,
+        /// The version found.
+        version: u32,
+    },
+    /// `buckets` disagrees with the length of `bucket_loads`, or is out of range.
+    #[error(
+        "{origin}: `buckets` is {declared} but `bucket_loads` holds {actual} loads \
+         (1 to {MAX_BUCKETS} are supported)"
+    )]
+    BucketCount {
+        /// The file path or label.
+        origin: String,
+        /// `buckets`.
+        declared: usize,
+        /// Length of `bucket_loads`.
+        actual: usize,
+    },
+    /// The hot tokens are inconsistent.
+    #[error("{origin}: {source}")]
+    Histogram {
+        /// The file path or label.
+        origin: String,
+        /// What is wrong.
+        source: HistogramError,
+    },
+}
+
+/// A load file: per-shard totals and the load over the ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadFile {
+    /// Version of the map the load was measured under, when recorded.
+    pub map_version: Option<u64>,
+    /// Each shard's total load when the report was taken, by name.
+    pub shards: BTreeMap<String, u64>,
+    /// Load per token bucket and hot token.
+    pub histogram: TokenHistogram,
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    version: u32,
+    #[serde(default)]
+    map_version: Option<u64>,
+    buckets: usize,
+    shards: BTreeMap<String, u64>,
+    bucket_loads: Vec<u64>,
+    #[serde(default)]
+    hot_tokens: Vec<HotToken>,
+}
+
+impl LoadFile {
+    /// Reads the load file at `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<LoadFile, LoadFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LoadFile::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses a load file held in memory, naming `origin` in errors.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<LoadFile, LoadFileError> {
+        let raw: RawReport = serde_json::from_str(text).map_err(|e| LoadFileError::Parse {
+            origin: origin.to_string(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_location(&e.to_string()),
+        })?;
+        if raw.version != LOAD_FILE_VERSION {
+            return Err(LoadFileError::Version {
+                origin: origin.to_string(),
+                version: raw.version,
+            });
+        }
+        if raw.buckets != raw.bucket_loads.len() || !(1..=MAX_BUCKETS).contains(&raw.buckets) {
+            return Err(LoadFileError::BucketCount {
+                origin: origin.to_string(),
+                declared: raw.buckets,
+                actual: raw.bucket_loads.len(),
+            });
+        }
+        let histogram = TokenHistogram::equal_buckets(&raw.bucket_loads, &raw.hot_tokens).map_err(
+            |source| LoadFileError::Histogram {
+                origin: origin.to_string(),
+                source,
+            },
+        )?;
+        Ok(LoadFile {
+            map_version: raw.map_version,
+            shards: raw.shards,
+            histogram,
+        })
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(body: &str) -> Result<LoadFile, LoadFileError> {
+        LoadFile::from_json_str(body, "load.json")
+    }
+
+    #[test]
+    fn reads_a_report_with_and_without_hot_tokens() {
+        let plain = report(
+            r#"{"version": 1, "map_version": 3, "buckets": 4, "shards": {"s0": 10, "s1": 0},
+                "bucket_loads": [1, 2, 3, 4]}"#,
+        )
+        .unwrap();
+        assert_eq!(plain.map_version, Some(3));
+        assert_eq!(plain.shards["s0"], 10);
+        assert_eq!(plain.histogram.total(), 10.0);
+        assert!(plain.histogram.hot_tokens().is_empty());
+        let hot = report(
+            r#"{"version": 1, "buckets": 2, "shards": {},
+                "bucket_loads": [5, 9], "hot_tokens": [{"token": 7, "load": 4}]}"#,
+        )
+        .unwrap();
+        assert_eq!(hot.histogram.hot_tokens(), [HotToken { token: 7, load: 4 }]);
+        assert!((hot.histogram.load_between(0, 1 << 63) - 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_the_routers_load_report() {
+        let routed = postshard_router::LoadReport {
+            version: 1,
+            map_version: 12,
+            buckets: 4,
+            shards: [("a".to_string(), 6)].into_iter().collect(),
+            bucket_loads: vec![1, 2, 3, 0],
+        };
+        let text = serde_json::to_string(&routed).unwrap();
+        let file = report(&text).unwrap();
+        assert_eq!((file.map_version, file.histogram.total()), (Some(12), 6.0));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let cases = [
+            (
+                "{\"version\": 1,\n \"buckets\": 1, \"shards\": {},\n \"bucket_loads\": [1], \"extra\": 0}",
+                "load.json:3:",
+            ),
+            ("{\"version\": 2, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1]}", "version 2"),
+            (
+                "{\"version\": 1, \"buckets\": 1024, \"shards\": {}, \"bucket_loads\": [1]}",
+                "`buckets` is 1024 but `bucket_loads` holds 1",
+            ),
+            (
+                "{\"version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1],\n \
+                 \"hot_tokens\": [{\"token\": 1, \"load\": 1}, {\"token\": 1, \"load\": 2}]}",
+                "hot token 1 is listed twice",
+            ),
+            ("{\"version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [-1]}", "load.json:1:"),
+        ];
+        for (body, want) in cases {
+            let e = report(body).unwrap_err().to_string();
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.starts_with("load.json"), "{e}");
+        }
+    }
+}

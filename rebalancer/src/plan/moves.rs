@@ -1,0 +1,476 @@
+//! The core of planning: the fewest token moves that turn one ownership of
+//! the ring into another, and applying moves to a ring.
+//!
+//! Arcs are `(start, owner)` pairs sorted by start, the first starting at
+//! `i64::MIN`, as in a validated ring; an arc runs to the next start - 1, the
+//! last to `i64::MAX`. Owners are shard indexes. In a plan these are positions
+//! in the *union* shard list: the map's shards in map order (a shard being
+//! removed keeps its place until its tokens have moved away), followed by the
+//! shards the plan adds.
+
+use std::collections::BTreeMap;
+
+use postshard_router::ring::Ring;
+use postshard_router::Token;
+
+/// One past the last token of the ring (2^63).
+pub const RING_END: i128 = 1 << 63;
+
+/// A token range [from, to) changing owner. `to` is exclusive and may be 2^63
+/// (end of ring), hence i128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Move {
+    /// First token moved.
+    pub from: Token,
+    /// One past the last token moved.
+    pub to: i128,
+    /// Shard index giving the range away.
+    pub source: usize,
+    /// Shard index receiving the range.
+    pub target: usize,
+}
+
+impl Move {
+    /// Number of tokens moved (0 for an empty or reversed range).
+    pub fn tokens(&self) -> u128 {
+        u128::try_from(self.to - i128::from(self.from)).unwrap_or(0)
+    }
+}
+
+/// Total number of tokens `moves` change owner of.
+pub fn moved_tokens(moves: &[Move]) -> u128 {
+    moves.iter().map(Move::tokens).sum()
+}
+
+/// The arcs of `ring` as `(start, owner)` pairs.
+pub fn arcs_of(ring: &Ring) -> Vec<(Token, usize)> {
+    ring.arcs().map(|a| (a.from, a.shard)).collect()
+}
+
+/// A run of tokens [from, to) with one owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    pub(super) from: i128,
+    pub(super) to: i128,
+    pub(super) owner: usize,
+}
+
+impl Span {
+    fn len(&self) -> u128 {
+        u128::try_from(self.to - self.from).unwrap_or(0)
+    }
+}
+
+/// `arcs` as spans, adjacent spans of the same owner merged.
+pub(super) fn spans(arcs: &[(Token, usize)]) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::with_capacity(arcs.len());
+    for (i, (from, owner)) in arcs.iter().enumerate() {
+        let to = arcs.get(i + 1).map_or(RING_END, |next| i128::from(next.0));
+        match out.last_mut() {
+            Some(last) if last.owner == *owner => last.to = to,
+            _ => out.push(Span {
+                from: i128::from(*from),
+                to,
+                owner: *owner,
+            }),
+        }
+    }
+    out
+}
+
+/// The span holding `token`, if any.
+pub(super) fn span_at(spans: &[Span], token: i128) -> Option<&Span> {
+    let i = spans.partition_point(|s| s.from <= token);
+    spans.get(i.checked_sub(1)?).filter(|s| token < s.to)
+}
+
+/// Owner of `token` in `spans`, if any span holds it.
+pub(super) fn owner_at(spans: &[Span], token: i128) -> Option<usize> {
+    span_at(spans, token).map(|s| s.owner)
+}
+
+/// The fewest token moves that turn `arcs` (sorted, starting at i64::MIN,
+/// owner = shard index) into an ownership where shard i owns exactly
+/// `targets[i]` tokens (targets sum to 2^64). Deterministic.
+///
+/// Each shard above its target gives away exactly its surplus and each shard
+/// below receives exactly its deficit, so the moved total is the sum of the
+/// surpluses, the least possible. A giver sheds its largest arcs first, whole
+/// while they fit, then carves the rest in one piece from an end of the next
+/// arc (the end touching a receiver when there is one), so each giver adds at
+/// most one arc boundary. Pieces are handed to receivers in token order,
+/// preferring a receiver that already owns the neighbouring token (the two
+/// arcs then merge), otherwise receivers in index order. Owners without a
+/// target have a target of 0. Moves come sorted by `from`; none has
+/// `source == target`.
+pub fn moves_to_targets(arcs: &[(Token, usize)], targets: &[u128]) -> Vec<Move> {
+    let spans = spans(arcs);
+    let shards = spans
+        .iter()
+        .map(|s| s.owner + 1)
+        .max()
+        .unwrap_or(0)
+        .max(targets.len());
+    let mut owned = vec![0u128; shards];
+    for s in &spans {
+        if let Some(o) = owned.get_mut(s.owner) {
+            *o += s.len();
+        }
+    }
+    let target = |i: usize| targets.get(i).copied().unwrap_or(0);
+    let surplus: Vec<u128> = (0..shards)
+        .map(|i| owned[i].saturating_sub(target(i)))
+        .collect();
+    let mut deficit: Vec<u128> = (0..shards)
+        .map(|i| target(i).saturating_sub(owned[i]))
+        .collect();
+    let pieces = carve(&spans, &surplus, &deficit);
+    assign(&spans, &pieces, &mut deficit)
+}
+
+/// The pieces each giver sheds, sorted by start; together exactly its surplus.
+fn carve(spans: &[Span], surplus: &[u128], deficit: &[u128]) -> Vec<Span> {
+    let is_receiver = |k: Option<usize>| {
+        k.and_then(|k| spans.get(k))
+            .is_some_and(|s| deficit.get(s.owner).is_some_and(|d| *d > 0))
+    };
+    let mut by_owner: Vec<Vec<usize>> = vec![Vec::new(); surplus.len()];
+    for (k, s) in spans.iter().enumerate() {
+        if let Some(list) = by_owner.get_mut(s.owner) {
+            list.push(k);
+        }
+    }
+    let mut pieces = Vec::new();
+    for (giver, mut own) in by_owner.into_iter().enumerate() {
+        let mut remaining = surplus.get(giver).copied().unwrap_or(0);
+        if remaining == 0 {
+            continue;
+        }
+        // Largest first; the sort is stable, so equal arcs keep token order.
+        own.sort_by_key(|k| std::cmp::Reverse(spans[*k].len()));
+        for k in own {
+            if remaining == 0 {
+                break;
+            }
+            let s = spans[k];
+            if s.len() <= remaining {
+                remaining -= s.len();
+                pieces.push(s);
+                continue;
+            }
+            let take = remaining as i128;
+            let tail = is_receiver(Some(k + 1)) || !is_receiver(k.checked_sub(1));
+            pieces.push(if tail {
+                Span {
+                    from: s.to - take,
+                    ..s
+                }
+            } else {
+                Span {
+                    to: s.from + take,
+                    ..s
+                }
+            });
+            remaining = 0;
+        }
+    }
+    pieces.sort_by_key(|p| p.from);
+    pieces
+}
+
+/// Hands `pieces` (sorted, disjoint) to receivers until their deficits are met.
+fn assign(spans: &[Span], pieces: &[Span], deficit: &mut [u128]) -> Vec<Move> {
+    let mut moves: Vec<Move> = Vec::with_capacity(pieces.len());
+    let mut cursor = 0usize;
+    let wants =
+        |deficit: &[u128], r: Option<usize>| r.filter(|r| deficit.get(*r).is_some_and(|d| *d > 0));
+    for piece in pieces {
+        let (mut from, mut to) = (piece.from, piece.to);
+        let give = |moves: &mut Vec<Move>, deficit: &mut [u128], r: usize, from: i128, to| {
+            if let (Some(d), Ok(start)) = (deficit.get_mut(r), Token::try_from(from)) {
+                *d -= (to - from) as u128;
+                moves.push(Move {
+                    from: start,
+                    to,
+                    source: piece.owner,
+                    target: r,
+                });
+            }
+        };
+        // The token before the piece: its owner after the plan, if it receives.
+        let left = match moves.last() {
+            Some(m) if m.to == from => Some(m.target),
+            _ => owner_at(spans, from - 1),
+        };
+        if let Some(r) = wants(deficit, left) {
+            let take = take(deficit[r], from, to);
+            give(&mut moves, deficit, r, from, from + take);
+            from += take;
+        }
+        let mut tail = None;
+        if let Some(r) = wants(deficit, owner_at(spans, to)).filter(|_| from < to) {
+            let take = take(deficit[r], from, to);
+            tail = Some((r, to - take, to));
+            deficit[r] -= take as u128;
+            to -= take;
+        }
+        while from < to {
+            while cursor < deficit.len() && deficit[cursor] == 0 {
+                cursor += 1;
+            }
+            if cursor >= deficit.len() {
+                // Targets summing to less than the ring: the giver keeps the rest.
+                break;
+            }
+            let take = take(deficit[cursor], from, to);
+            give(&mut moves, deficit, cursor, from, from + take);
+            from += take;
+        }
+        if let Some((r, from, to)) = tail {
+            if let Ok(start) = Token::try_from(from) {
+                moves.push(Move {
+                    from: start,
+                    to,
+                    source: piece.owner,
+                    target: r,
+                });
+            }
+        }
+    }
+    moves
+}
+
+/// Tokens of [from, to) a receiver short of `deficit` takes.
+fn take(deficit: u128, from: i128, to: i128) -> i128 {
+    (to - from).min(i128::try_from(deficit).unwrap_or(i128::MAX))
+}
+
+/// The moves that turn ownership `before` into `after` (both arcs sorted,
+/// starting at `i64::MIN`): one per maximal range whose owner changes, in
+/// token order.
+pub fn moves_between(before: &[(Token, usize)], after: &[(Token, usize)]) -> Vec<Move> {
+    let (a, b) = (spans(before), spans(after));
+    let (mut i, mut j) = (0, 0);
+    let mut moves: Vec<Move> = Vec::new();
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        let from = x.from.max(y.from);
+        let to = x.to.min(y.to);
+        if x.owner != y.owner {
+            match moves.last_mut() {
+                Some(m) if m.to == from && m.source == x.owner && m.target == y.owner => m.to = to,
+                _ => {
+                    if let Ok(start) = Token::try_from(from) {
+                        moves.push(Move {
+                            from: start,
+                            to,
+                            source: x.owner,
+                            target: y.owner,
+                        });
+                    }
+                }
+            }
+        }
+        if x.to == to {
+            i += 1;
+        }
+        if y.to == to {
+            j += 1;
+        }
+    }
+    moves
+}
+
+/// Applies moves; returns the new arcs, adjacent arcs of the same owner
+/// merged. Each move hands [from, to) to its target whoever owned it (the
+/// source is not checked); empty ranges are ignored and ranges are clipped to
+/// the ring.
+pub fn apply_moves(arcs: &[(Token, usize)], moves: &[Move]) -> Vec<(Token, usize)> {
+    let mut starts: BTreeMap<i128, usize> = arcs
+        .iter()
+        .map(|(from, owner)| (i128::from(*from), *owner))
+        .collect();
+    for m in moves {
+        let from = i128::from(m.from);
+        let to = m.to.min(RING_END);
+        if from >= to {
+            continue;
+        }
+        if to < RING_END {
+            if let Some(o) = starts.range(..=to).next_back().map(|(_, o)| *o) {
+                starts.entry(to).or_insert(o);
+            }
+        }
+        let inside: Vec<i128> = starts.range(from..to).map(|(start, _)| *start).collect();
+        for start in inside {
+            starts.remove(&start);
+        }
+        starts.insert(from, m.target);
+    }
+    let mut out: Vec<(Token, usize)> = Vec::with_capacity(starts.len());
+    for (from, owner) in starts {
+        if out.last().is_some_and(|last| last.1 == owner) {
+            continue;
+        }
+        if let Ok(from) = Token::try_from(from) {
+            out.push((from, owner));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{balanced_arcs, target_tokens};
+    use postshard_router::ring::TOKEN_SPACE;
+    use proptest::prelude::*;
+
+    fn owned(arcs: &[(Token, usize)], shards: usize) -> Vec<u128> {
+        let mut owned = vec![0u128; shards];
+        for s in spans(arcs) {
+            owned[s.owner] += s.len();
+        }
+        owned
+    }
+
+    fn surplus(arcs: &[(Token, usize)], targets: &[u128]) -> u128 {
+        owned(arcs, targets.len())
+            .iter()
+            .zip(targets)
+            .map(|(o, t)| o.saturating_sub(*t))
+            .sum()
+    }
+
+    /// Random fragmented rings: 1-60 arcs over `shards` owners.
+    fn ring(shards: usize) -> impl Strategy<Value = Vec<(Token, usize)>> {
+        (
+            proptest::collection::btree_set(any::<i64>(), 0..60),
+            proptest::collection::vec(0..shards, 61),
+        )
+            .prop_map(|(mut starts, owners)| {
+                starts.insert(i64::MIN);
+                starts.into_iter().zip(owners).collect()
+            })
+    }
+
+    #[test]
+    fn adding_a_shard_to_four_carves_one_piece_from_each() {
+        let arcs = balanced_arcs(&[1, 1, 1, 1]);
+        let targets = target_tokens(&[1, 1, 1, 1, 1]);
+        let moves = moves_to_targets(&arcs, &targets);
+        assert_eq!(moves.len(), 4);
+        assert!(moves.iter().all(|m| m.target == 4));
+        assert_eq!(moved_tokens(&moves), targets[4]);
+        // Each piece is the tail of a giver's arc.
+        for (m, next) in moves
+            .iter()
+            .zip(arcs.iter().skip(1).map(|a| i128::from(a.0)))
+        {
+            assert_eq!(m.to, next);
+        }
+        assert_eq!(moves[3].to, RING_END);
+    }
+
+    #[test]
+    fn a_removed_shard_goes_first_to_its_neighbour() {
+        let arcs = balanced_arcs(&[1, 1, 1, 1]);
+        let targets = target_tokens(&[1, 1, 1, 0]);
+        let moves = moves_to_targets(&arcs, &targets);
+        assert_eq!(moves.len(), 3);
+        assert_eq!(moves[0].target, 2, "the left neighbour extends its arc");
+        assert_eq!(moves[0].from, arcs[3].0);
+        let after = apply_moves(&arcs, &moves);
+        assert_eq!(owned(&after, 4), targets);
+        assert_eq!(after.len(), 5, "s2's arc grew instead of a new one");
+    }
+
+    #[test]
+    fn apply_splits_merges_and_clips() {
+        let arcs = [(i64::MIN, 0), (0, 1)];
+        let moves = [
+            Move {
+                from: -10,
+                to: 5,
+                source: 0,
+                target: 2,
+            },
+            Move {
+                from: 100,
+                to: RING_END + 7,
+                source: 1,
+                target: 2,
+            },
+            Move {
+                from: 50,
+                to: 50,
+                source: 1,
+                target: 0,
+            },
+        ];
+        assert_eq!(
+            apply_moves(&arcs, &moves),
+            [(i64::MIN, 0), (-10, 2), (5, 1), (100, 2)]
+        );
+        let back = [Move {
+            from: -10,
+            to: 5,
+            source: 2,
+            target: 0,
+        }];
+        assert_eq!(
+            apply_moves(&apply_moves(&arcs, &moves[..1]), &back),
+            [(i64::MIN, 0), (5, 1)]
+        );
+    }
+
+    #[test]
+    fn a_ring_already_on_target_needs_no_moves() {
+        let arcs = [(i64::MIN, 1), (-5, 0), (7, 1)];
+        let targets = owned(&arcs, 2);
+        assert!(moves_to_targets(&arcs, &targets).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn moves_between_two_rings_turn_one_into_the_other(
+            (before, after) in (1usize..8).prop_flat_map(|n| (ring(n), ring(n)))
+        ) {
+            let moves = moves_between(&before, &after);
+            prop_assert!(moves.iter().all(|m| m.source != m.target && i128::from(m.from) < m.to));
+            prop_assert!(moves.windows(2).all(|w| w[0].to <= i128::from(w[1].from)));
+            let merged = |arcs: &[(Token, usize)]| apply_moves(arcs, &[]);
+            prop_assert_eq!(apply_moves(&before, &moves), merged(&after));
+            prop_assert!(moves_between(&before, &before).is_empty());
+        }
+
+        #[test]
+        fn moves_reach_the_targets_exactly_and_minimally(
+            (shards, arcs, weights) in (1usize..40).prop_flat_map(|n| {
+                (Just(n), ring(n), proptest::collection::vec(0u32..100, n))
+            }).prop_filter("some weight", |(_, _, w)| w.iter().any(|w| *w > 0))
+        ) {
+            let targets = target_tokens(&weights);
+            let moves = moves_to_targets(&arcs, &targets);
+            prop_assert_eq!(&moves, &moves_to_targets(&arcs, &targets));
+            prop_assert_eq!(moved_tokens(&moves), surplus(&arcs, &targets));
+            let spans = spans(&arcs);
+            let mut previous_end = i128::MIN;
+            for m in &moves {
+                prop_assert_ne!(m.source, m.target);
+                prop_assert!(i128::from(m.from) < m.to && m.to <= RING_END);
+                prop_assert!(i128::from(m.from) >= previous_end, "sorted, disjoint");
+                previous_end = m.to;
+                // The source owns the whole range.
+                prop_assert_eq!(owner_at(&spans, i128::from(m.from)), Some(m.source));
+                prop_assert_eq!(owner_at(&spans, m.to - 1), Some(m.source));
+                let k = spans.partition_point(|s| s.from <= i128::from(m.from)) - 1;
+                prop_assert!(spans[k].to >= m.to);
+            }
+            let after = apply_moves(&arcs, &moves);
+            prop_assert_eq!(after[0].0, i64::MIN);
+            prop_assert!(after.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 != w[1].1));
+            prop_assert_eq!(owned(&after, shards), targets);
+            prop_assert_eq!(owned(&after, shards).iter().sum::<u128>(), TOKEN_SPACE);
+        }
+    }
+}

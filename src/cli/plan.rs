@@ -1,0 +1,371 @@
+//! `postshard plan`: write a rebalance plan that adds, removes or reweights a
+//! shard, or evens out rows, bytes or load.
+//!
+//! Planning needs the map's shape, not its secrets: `${VAR}`s unset here
+//! stand in as placeholders.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use postshard_rebalancer::plan::{
+    self, offline_env, BalanceError, LoadFile, Plan, TokenHistogram, Unit, DEFAULT_TARGET,
+};
+use postshard_rebalancer::skew::Skew;
+use postshard_router::ring::TOKEN_SPACE;
+use postshard_router::{MapError, ShardMap};
+
+use super::Failure;
+
+/// `postshard plan` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Plan adding a shard: it takes its weight's share of the ring from the others.
+    AddShard(AddShardArgs),
+    /// Plan removing a shard: its tokens go to the others by weight.
+    RemoveShard(RemoveShardArgs),
+    /// Plan giving a shard a new weight.
+    Reweight(ReweightArgs),
+    /// Plan moving the least rows, bytes or load so that shards even out.
+    Balance(BalanceArgs),
+}
+
+/// Arguments every `plan` subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct Output {
+    /// The shard map.
+    #[arg(long, default_value = "shardmap.yaml")]
+    map: PathBuf,
+    /// Write the plan here instead of stdout (the summary then goes to stdout).
+    #[arg(long, value_name = "PLAN.yaml")]
+    out: Option<PathBuf>,
+    /// Also write the map after the plan (version + 1) here.
+    #[arg(long, value_name = "PATH")]
+    emit_map: Option<PathBuf>,
+}
+
+/// Arguments of `postshard plan add-shard`.
+#[derive(Debug, clap::Args)]
+pub struct AddShardArgs {
+    /// The new shard; write a password as ${VAR} (postgres://app:${PGPASSWORD}@host/db).
+    #[arg(value_name = "NAME=URL")]
+    shard: String,
+    /// Its weight (relative capacity), 1 to 1000000.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    weight: u32,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Arguments of `postshard plan remove-shard`.
+#[derive(Debug, clap::Args)]
+pub struct RemoveShardArgs {
+    /// The shard to remove.
+    name: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Arguments of `postshard plan reweight`.
+#[derive(Debug, clap::Args)]
+pub struct ReweightArgs {
+    /// The shard and its new weight, 1 to 1000000.
+    #[arg(value_name = "NAME=W")]
+    spec: String,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Arguments of `postshard plan balance`.
+#[derive(Debug, clap::Args)]
+pub struct BalanceArgs {
+    /// What to even out: rows or bytes per shard, or routed requests (load).
+    /// Each is read from --load FILE; live counting of rows and bytes comes
+    /// with `postshard skew` (`postshard skew --save-load FILE` saves rows).
+    #[arg(long, value_enum)]
+    by: By,
+    /// Highest acceptable peak-to-mean (per weight) after the plan.
+    #[arg(long, default_value_t = DEFAULT_TARGET)]
+    target: f64,
+    /// A JSON load file: per-bucket loads over 1,024 equal token buckets and
+    /// optional hot tokens (a router load report, or `postshard skew --save-load`).
+    #[arg(long, value_name = "FILE")]
+    load: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// `--by` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum By {
+    Rows,
+    Bytes,
+    Load,
+}
+
+impl By {
+    fn name(self) -> &'static str {
+        match self {
+            By::Rows => "rows",
+            By::Bytes => "bytes",
+            By::Load => "load",
+        }
+    }
+}
+
+/// Makes the plan, then writes it and the optional map.
+pub fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::AddShard(args) => {
+            let (name, url) = split(&args.shard, "NAME=URL")?;
+            let map = load_map(&args.output.map)?;
+            let plan = plan::add_shard(&map, name, url, args.weight).map_err(invalid)?;
+            finish(&map, &plan, &args.output, None)
+        }
+        Command::RemoveShard(args) => {
+            let map = load_map(&args.output.map)?;
+            let plan = plan::remove_shard(&map, &args.name).map_err(invalid)?;
+            finish(&map, &plan, &args.output, None)
+        }
+        Command::Reweight(args) => {
+            let (name, weight) = split(&args.spec, "NAME=W")?;
+            let weight: u32 = weight.parse().map_err(|_| {
+                Failure::invalid(format!(
+                    "`{}`: weight `{weight}` is not an integer from 1 to 1000000",
+                    args.spec
+                ))
+            })?;
+            let map = load_map(&args.output.map)?;
+            let plan = plan::reweight(&map, name, weight).map_err(invalid)?;
+            finish(&map, &plan, &args.output, None)
+        }
+        Command::Balance(args) => balance(args),
+    }
+}
+
+fn balance(args: BalanceArgs) -> Result<(), Failure> {
+    let by = args.by.name();
+    let path = args.load.as_ref().ok_or_else(|| {
+        Failure::invalid(match args.by {
+            By::Load => "--by load needs --load FILE, a router load report".to_string(),
+            _ => format!(
+                "--by {by} needs --load FILE, a load file of {by} per token bucket; live \
+                 counting comes with `postshard skew` (`postshard skew --save-load FILE` \
+                 saves rows)"
+            ),
+        })
+    })?;
+    let map = load_map(&args.output.map)?;
+    let file = LoadFile::from_path(path).map_err(invalid)?;
+    for warning in load_file_warnings(&map, &file, path) {
+        eprintln!("warning: {warning}");
+    }
+    let mut plan = plan::balance(&map, &file.histogram, args.target).map_err(|e| match e {
+        BalanceError::BadTarget { .. } | BalanceError::NoLoad => invalid(e),
+        BalanceError::HotToken { .. } | BalanceError::Unreachable { .. } => {
+            Failure::Runtime(e.into())
+        }
+    })?;
+    plan.intent = format!("{} (by {by}, from {})", plan.intent, path.display());
+    match args.by {
+        By::Rows => plan.estimate(&file.histogram, Unit::Rows),
+        By::Bytes => plan.estimate(&file.histogram, Unit::Bytes),
+        By::Load => {}
+    }
+    finish(
+        &map,
+        &plan,
+        &args.output,
+        Some((&file.histogram, args.target)),
+    )
+}
+
+/// What in a load file suggests it was taken with another map.
+fn load_file_warnings(map: &ShardMap, file: &LoadFile, path: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(version) = file.map_version.filter(|v| *v != map.version()) {
+        warnings.push(format!(
+            "{} was measured under map version {version}; the map is at version {}",
+            path.display(),
+            map.version()
+        ));
+    }
+    let unknown: Vec<&str> = file
+        .shards
+        .keys()
+        .filter(|name| map.shard_index(name).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "{} names shards not in the map: {}",
+            path.display(),
+            unknown.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// `spec` split at its first `=`, or an invalid-input failure naming `form`.
+fn split<'a>(spec: &'a str, form: &str) -> Result<(&'a str, &'a str), Failure> {
+    spec.split_once('=')
+        .ok_or_else(|| Failure::invalid(format!("`{spec}`: expected {form}")))
+}
+
+/// The map at `path`, `${VAR}`s resolved with [`offline_env`].
+fn load_map(path: &Path) -> Result<ShardMap, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(ShardMap::parse(
+        &text,
+        &path.display().to_string(),
+        &offline_env,
+    )?)
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> Failure {
+    Failure::Invalid(e.into())
+}
+
+/// Applies the plan, then writes it, the summary and the optional map.
+fn finish(
+    map: &ShardMap,
+    plan: &Plan,
+    output: &Output,
+    load: Option<(&TokenHistogram, f64)>,
+) -> Result<(), Failure> {
+    let after = plan
+        .apply_with_env(map, &offline_env)
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let summary = summary(map, &after, plan, load);
+    if let Some(path) = &output.emit_map {
+        write(path, &after.to_yaml())?;
+    }
+    match &output.out {
+        Some(path) => {
+            write(path, &plan.to_yaml())?;
+            print!("{summary}");
+        }
+        None => {
+            print!("{}", plan.to_yaml());
+            eprint!("{summary}");
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Failure> {
+    std::fs::write(path, text).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
+    })
+}
+
+/// Moved share, and each shard's weight and share of tokens (and load)
+/// before and after.
+fn summary(
+    before: &ShardMap,
+    after: &ShardMap,
+    plan: &Plan,
+    load: Option<(&TokenHistogram, f64)>,
+) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_summary(&mut out, before, after, plan, load);
+    out
+}
+
+fn write_summary(
+    out: &mut String,
+    before: &ShardMap,
+    after: &ShardMap,
+    plan: &Plan,
+    load: Option<(&TokenHistogram, f64)>,
+) -> std::fmt::Result {
+    writeln!(out, "plan: {}", plan.intent)?;
+    writeln!(
+        out,
+        "map version {} -> {}; {} move{}, {:.4}% of the token space",
+        before.version(),
+        after.version(),
+        plan.moves.len(),
+        if plan.moves.len() == 1 { "" } else { "s" },
+        plan.moved_tokens() as f64 / TOKEN_SPACE as f64 * 100.0
+    )?;
+    let loads = load.map(|(histogram, target)| {
+        let of = |map: &ShardMap| {
+            let arcs = plan::arcs_of(map.ring());
+            histogram.loads_by_owner(&arcs, map.shards().len())
+        };
+        (histogram, target, of(before), of(after))
+    });
+    if let Some((histogram, target, was, now)) = &loads {
+        let ptm = |map: &ShardMap, loads: &[f64]| {
+            let weights: Vec<f64> = map.shards().iter().map(|s| f64::from(s.weight)).collect();
+            Skew::of(loads, Some(&weights)).map_or(f64::NAN, |s| s.peak_to_mean)
+        };
+        let moved: f64 = plan
+            .moves
+            .iter()
+            .map(|m| histogram.load_between(i128::from(m.from), m.to))
+            .sum();
+        writeln!(
+            out,
+            "moved load {:.4}%; peak-to-mean {:.4} -> {:.4} (target {target})",
+            moved / histogram.total() * 100.0,
+            ptm(before, was),
+            ptm(after, now)
+        )?;
+    }
+    write!(
+        out,
+        "{:<16} {:>15} {:>10} {:>10}",
+        "shard", "weight", "tokens", "after"
+    )?;
+    if loads.is_some() {
+        write!(out, " {:>10} {:>10}", "load", "after")?;
+    }
+    writeln!(out)?;
+    let shares = (before.shares(), after.shares());
+    let mut names: Vec<&str> = before.shards().iter().map(|s| s.name.as_str()).collect();
+    names.extend(
+        after
+            .shards()
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| before.shard_index(n).is_none()),
+    );
+    for name in names {
+        let (was, now) = (before.shard_index(name), after.shard_index(name));
+        let weight = |map: &ShardMap, i: Option<usize>| i.map(|i| map.shards()[i].weight);
+        let weight = match (weight(before, was), weight(after, now)) {
+            (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
+            (Some(w), _) | (None, Some(w)) => w.to_string(),
+            (None, None) => String::new(),
+        };
+        let share = |shares: &[f64], i: Option<usize>| i.and_then(|i| shares.get(i)).copied();
+        let percent = |x: Option<f64>| format!("{:.4}%", x.unwrap_or(0.0) * 100.0);
+        write!(
+            out,
+            "{name:<16} {weight:>15} {:>10} {:>10}",
+            percent(share(&shares.0, was)),
+            percent(share(&shares.1, now))
+        )?;
+        if let Some((histogram, _, load_was, load_now)) = &loads {
+            let total = histogram.total();
+            let of = |loads: &[f64], i: Option<usize>| share(loads, i).map(|l| l / total);
+            write!(
+                out,
+                " {:>10} {:>10}",
+                percent(of(load_was, was)),
+                percent(of(load_now, now))
+            )?;
+        }
+        match (was, now) {
+            (None, _) => writeln!(out, "  (new)")?,
+            (_, None) => writeln!(out, "  (removed)")?,
+            _ => writeln!(out)?,
+        }
+    }
+    Ok(())
+}
