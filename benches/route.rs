@@ -83,9 +83,7 @@ fn route(c: &mut Criterion) {
                 }
             })
         });
-        let router = rt
-            .block_on(Router::connect(map.clone()))
-            .expect("router");
+        let router = rt.block_on(Router::connect(map.clone())).expect("router");
         group.bench_with_input(
             BenchmarkId::new("postshard_counted", shards),
             &router,
@@ -103,13 +101,17 @@ fn route(c: &mut Criterion) {
                 ring.add((shard, replica));
             }
         }
-        group.bench_with_input(BenchmarkId::new("hashring_256", shards), &ring, |b, ring| {
-            b.iter(|| {
-                for &k in &keys {
-                    black_box(ring.get(&black_box(k)));
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("hashring_256", shards),
+            &ring,
+            |b, ring| {
+                b.iter(|| {
+                    for &k in &keys {
+                        black_box(ring.get(&black_box(k)));
+                    }
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("jump", shards), &shards, |b, &n| {
             b.iter(|| {
                 for &k in &keys {

@@ -1,7 +1,11 @@
 //! Plan and measure moves of token ranges between shards.
 //!
 //! [`layout`] computes the ideal division of the token space by weight;
-//! [`skew`] measures how unevenly load is spread.
+//! [`skew`] measures how unevenly load is spread; [`plan`] plans the token
+//! moves that add, remove or reweight shards or even out load.
 
 pub mod layout;
+pub mod live;
+pub mod plan;
+pub mod simulate;
 pub mod skew;

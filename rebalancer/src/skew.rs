@@ -76,10 +76,12 @@ mod tests {
         (a - b).abs() < 1e-9
     }
 
+    /// loads, weights, peak_to_mean, cv, gini, hottest, hottest_share
+    type Case<'a> = (&'a [f64], Option<&'a [f64]>, f64, f64, f64, usize, f64);
+
     #[test]
     fn metrics_table() {
-        // loads, weights, peak_to_mean, cv, gini, hottest, hottest_share
-        let cases: &[(&[f64], Option<&[f64]>, f64, f64, f64, usize, f64)] = &[
+        let cases: &[Case] = &[
             (&[5.0, 5.0, 5.0, 5.0], None, 1.0, 0.0, 0.0, 0, 0.25),
             (&[0.0, 0.0, 0.0, 8.0], None, 4.0, 3f64.sqrt(), 0.75, 3, 1.0),
             (&[1.0, 3.0], None, 1.5, 0.5, 0.25, 1, 0.75),

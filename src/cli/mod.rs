@@ -3,7 +3,10 @@
 mod check;
 mod failure;
 mod map_init;
+mod plan;
 mod route;
+mod skew_live;
+mod skew_simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +29,27 @@ enum Command {
     /// Write shard maps.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Write a rebalance plan: add, remove or reweight a shard, or even out load.
+    #[command(subcommand)]
+    Plan(plan::Command),
+    /// Measure how evenly rows and load are spread over the live shards
+    /// (`skew simulate` compares strategies on synthetic keys instead).
+    Skew(SkewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SkewArgs {
+    #[command(subcommand)]
+    command: Option<SkewCommand>,
+    #[command(flatten)]
+    live: skew_live::Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum SkewCommand {
+    /// Simulate how sharding strategies spread synthetic keys and requests.
+    Simulate(skew_simulate::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,5 +64,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check(args) => check::run(args),
         Command::Route(args) => route::run(args),
         Command::Map(MapCommand::Init(args)) => map_init::run(args),
+        Command::Plan(command) => plan::run(command),
+        Command::Skew(SkewArgs {
+            command: Some(SkewCommand::Simulate(args)),
+            ..
+        }) => skew_simulate::run(args),
+        Command::Skew(SkewArgs {
+            command: None,
+            live,
+        }) => skew_live::run(live),
     }
 }

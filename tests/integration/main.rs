@@ -4,5 +4,7 @@
 mod cli_map;
 mod common;
 mod hash_pg;
+mod plan_cli;
 mod router_pg;
 mod skew_live;
+mod skew_simulate;
