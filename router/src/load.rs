@@ -36,15 +36,19 @@ thread_local! {
 /// This thread's number.
 #[inline(always)]
 fn thread_number() -> usize {
-    THREAD.with(|t| {
-        let n = t.get();
-        if n != usize::MAX {
-            return n;
-        }
-        let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-        t.set(n);
+    let n = THREAD.with(Cell::get);
+    if n != usize::MAX {
         n
-    })
+    } else {
+        first_thread_number()
+    }
+}
+
+#[cold]
+fn first_thread_number() -> usize {
+    let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    THREAD.with(|t| t.set(n));
+    n
 }
 
 /// Per-segment call counters of one router.
@@ -63,9 +67,18 @@ impl LoadCounters {
         }
     }
 
+    #[inline(always)]
     fn row(&self, index: usize) -> Option<&[AtomicU64]> {
         let row = self.rows.get(index)?;
-        Some(row.get_or_init(|| (0..self.segments).map(|_| AtomicU64::new(0)).collect()))
+        match row.get() {
+            Some(row) => Some(row),
+            None => Some(self.new_row(row)),
+        }
+    }
+
+    #[cold]
+    fn new_row<'a>(&self, row: &'a OnceLock<Box<[AtomicU64]>>) -> &'a [AtomicU64] {
+        row.get_or_init(|| (0..self.segments).map(|_| AtomicU64::new(0)).collect())
     }
 
     /// Counts one call that landed in `segment`.
