@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use postshard_router::load::LOAD_REPORT_VERSION;
 use postshard_router::ring::{BUCKETS, BUCKET_BITS};
-use postshard_router::{Router, RouterError, ShardMap, Token};
+use postshard_router::{HotToken, LoadReport, Router, RouterError, ShardMap, Token};
 use serde::Serialize;
 
 use crate::skew::Skew;
@@ -268,4 +269,46 @@ pub fn bucket_rows(measures: &[ShardMeasure]) -> Vec<u64> {
         }
     }
     total
+}
+
+/// Rows or bytes over the token ring as a load report, the input of
+/// `plan balance`: per bucket, and the hot keys as hot tokens. Bytes are
+/// estimated from rows with each shard's mean row size. `None` for activity
+/// metrics, which have no token histogram.
+pub fn load_report(
+    map: &ShardMap,
+    measures: &[ShardMeasure],
+    metric: Metric,
+) -> Option<LoadReport> {
+    let mut report = LoadReport {
+        version: LOAD_REPORT_VERSION,
+        map_version: map.version(),
+        buckets: BUCKETS,
+        shards: BTreeMap::new(),
+        bucket_loads: vec![0; BUCKETS],
+        hot_tokens: Vec::new(),
+    };
+    for m in measures {
+        let Ok(stats) = &m.stats else { continue };
+        let rows = stats.total(Metric::Rows)?;
+        let per_row = match metric {
+            Metric::Rows => 1.0,
+            Metric::Bytes => stats.total(Metric::Bytes)? as f64 / rows.max(1) as f64,
+            Metric::Writes | Metric::Reads => return None,
+        };
+        let scale = |n: u64| (n as f64 * per_row).round() as u64;
+        report.shards.insert(m.shard.clone(), stats.total(metric)?);
+        for (total, n) in report.bucket_loads.iter_mut().zip(&stats.bucket_rows) {
+            *total += scale(*n);
+        }
+        report
+            .hot_tokens
+            .extend(stats.hot_keys.iter().map(|k| HotToken {
+                token: k.token,
+                load: scale(k.rows),
+            }));
+    }
+    report.hot_tokens.sort_by_key(|h| h.token);
+    report.hot_tokens.dedup_by_key(|h| h.token);
+    Some(report)
 }

@@ -13,7 +13,7 @@ mod router;
 pub mod url;
 
 pub use hash::{hashint8extended, Token};
-pub use load::LoadReport;
+pub use load::{HotToken, LoadReport};
 pub use map::{MapError, ShardMap};
 pub use ring::Ring;
 pub use router::{Client, Params, Router, RouterError, ShardRows};

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::Token;
 use crate::map::ShardMap;
 use crate::ring::BUCKETS;
 
@@ -119,26 +120,42 @@ impl LoadCounters {
                 .zip(shards)
                 .collect(),
             bucket_loads,
+            hot_tokens: Vec::new(),
         }
     }
 }
 
-/// Routed calls counted since the router started, as saved for
-/// `postshard plan balance --by load --load FILE`.
+/// Load over the token ring, as JSON: routed calls counted by a router
+/// ([`crate::Router::load_report`]), or rows measured by `postshard skew
+/// --save-load`. `postshard plan balance --load FILE` reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadReport {
     /// Format version ([`LOAD_REPORT_VERSION`]).
     pub version: u32,
-    /// Version of the map the calls were routed with.
+    /// Version of the map the load was measured under.
     pub map_version: u64,
     /// Number of equal token buckets ([`BUCKETS`]); bucket `b` starts at
     /// token `i64::MIN + b * 2^64 / buckets`.
     pub buckets: usize,
-    /// Calls per shard, by name.
+    /// Load per shard, by name.
     pub shards: BTreeMap<String, u64>,
-    /// Calls per token bucket.
+    /// Load per token bucket.
     pub bucket_loads: Vec<u64>,
+    /// Single tokens (keys) whose load cannot be split; their load is part
+    /// of their bucket's too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hot_tokens: Vec<HotToken>,
+}
+
+/// One token (one key) with its own load: a viral post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotToken {
+    /// The token.
+    pub token: Token,
+    /// Its load (requests, rows or bytes).
+    pub load: u64,
 }
 
 #[cfg(test)]

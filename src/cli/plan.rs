@@ -7,12 +7,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use postshard_rebalancer::live::{self, Metric};
 use postshard_rebalancer::plan::{
     self, offline_env, BalanceError, LoadFile, Plan, TokenHistogram, Unit, DEFAULT_TARGET,
 };
 use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
-use postshard_router::{MapError, ShardMap};
+use postshard_router::{MapError, Router, ShardMap};
 
 use super::Failure;
 
@@ -79,8 +80,8 @@ pub struct ReweightArgs {
 #[derive(Debug, clap::Args)]
 pub struct BalanceArgs {
     /// What to even out: rows or bytes per shard, or routed requests (load).
-    /// Each is read from --load FILE; live counting of rows and bytes comes
-    /// with `postshard skew` (`postshard skew --save-load FILE` saves rows).
+    /// Rows and bytes are counted on the live shards unless --load is given;
+    /// load needs --load FILE (a router load report).
     #[arg(long, value_enum)]
     by: By,
     /// Highest acceptable peak-to-mean (per weight) after the plan.
@@ -93,6 +94,9 @@ pub struct BalanceArgs {
     #[command(flatten)]
     output: Output,
 }
+
+/// Hot keys per shard that live counting reports to the planner.
+const LIVE_HOT_KEYS: usize = 10;
 
 /// `--by` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,19 +148,27 @@ pub fn run(command: Command) -> Result<(), Failure> {
 
 fn balance(args: BalanceArgs) -> Result<(), Failure> {
     let by = args.by.name();
-    let path = args.load.as_ref().ok_or_else(|| {
-        Failure::invalid(match args.by {
-            By::Load => "--by load needs --load FILE, a router load report".to_string(),
-            _ => format!(
-                "--by {by} needs --load FILE, a load file of {by} per token bucket; live \
-                 counting comes with `postshard skew` (`postshard skew --save-load FILE` \
-                 saves rows)"
-            ),
-        })
-    })?;
     let map = load_map(&args.output.map)?;
-    let file = LoadFile::from_path(path).map_err(invalid)?;
-    for warning in load_file_warnings(&map, &file, path) {
+    let (file, origin) = match (&args.load, args.by) {
+        (Some(path), _) => {
+            let file = LoadFile::from_path(path).map_err(invalid)?;
+            (file, path.display().to_string())
+        }
+        (None, By::Load) => {
+            return Err(Failure::invalid(
+                "--by load needs --load FILE, a router load report",
+            ))
+        }
+        (None, By::Rows) => (
+            measure_live(&args.output.map, Metric::Rows)?,
+            "live shards".into(),
+        ),
+        (None, By::Bytes) => (
+            measure_live(&args.output.map, Metric::Bytes)?,
+            "live shards".into(),
+        ),
+    };
+    for warning in load_file_warnings(&map, &file, &origin) {
         eprintln!("warning: {warning}");
     }
     let mut plan = plan::balance(&map, &file.histogram, args.target).map_err(|e| match e {
@@ -165,7 +177,7 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
             Failure::Runtime(e.into())
         }
     })?;
-    plan.intent = format!("{} (by {by}, from {})", plan.intent, path.display());
+    plan.intent = format!("{} (by {by}, from {origin})", plan.intent);
     match args.by {
         By::Rows => plan.estimate(&file.histogram, Unit::Rows),
         By::Bytes => plan.estimate(&file.histogram, Unit::Bytes),
@@ -179,13 +191,42 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
     )
 }
 
+/// Rows or bytes per token bucket, counted now on every shard; every shard
+/// must answer, since a plan from partial data would be wrong.
+fn measure_live(path: &Path, metric: Metric) -> Result<LoadFile, Failure> {
+    // Connecting needs the real secrets, not placeholders.
+    let map = ShardMap::from_path(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let measures = runtime.block_on(async {
+        let router = Router::connect(map.clone())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        let options = live::Options {
+            window: None,
+            hot_keys: LIVE_HOT_KEYS,
+        };
+        Ok::<_, Failure>(live::measure(&router, options).await)
+    })?;
+    if let Some(failed) = measures.iter().find_map(|m| m.stats.as_ref().err()) {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "cannot plan from partial counts: {failed}"
+        )));
+    }
+    let report = live::load_report(&map, &measures, metric)
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no {metric:?} measured")))?;
+    LoadFile::from_report(report, "live shards").map_err(|e| Failure::Runtime(e.into()))
+}
+
 /// What in a load file suggests it was taken with another map.
-fn load_file_warnings(map: &ShardMap, file: &LoadFile, path: &Path) -> Vec<String> {
+fn load_file_warnings(map: &ShardMap, file: &LoadFile, origin: &str) -> Vec<String> {
     let mut warnings = Vec::new();
-    if let Some(version) = file.map_version.filter(|v| *v != map.version()) {
+    if file.map_version != map.version() {
         warnings.push(format!(
-            "{} was measured under map version {version}; the map is at version {}",
-            path.display(),
+            "{origin} was measured under map version {}; the map is at version {}",
+            file.map_version,
             map.version()
         ));
     }
@@ -197,8 +238,7 @@ fn load_file_warnings(map: &ShardMap, file: &LoadFile, path: &Path) -> Vec<Strin
         .collect();
     if !unknown.is_empty() {
         warnings.push(format!(
-            "{} names shards not in the map: {}",
-            path.display(),
+            "{origin} names shards not in the map: {}",
             unknown.join(", ")
         ));
     }

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use postshard_rebalancer::live::{self, Metric, ShardMeasure};
-use postshard_router::load::LOAD_REPORT_VERSION;
 use postshard_router::ring::BUCKETS;
-use postshard_router::{LoadReport, Router, RouterError, ShardMap};
+use postshard_router::{Router, RouterError, ShardMap};
 use serde_json::{json, Value};
 
 use super::Failure;
@@ -92,18 +91,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         print!("{}", report_text(&report));
     }
     if let Some(path) = &args.save_load {
-        let load = LoadReport {
-            version: LOAD_REPORT_VERSION,
-            map_version: map.version(),
-            buckets: BUCKETS,
-            shards: measures
-                .iter()
-                .filter_map(|m| {
-                    Some((m.shard.clone(), m.stats.as_ref().ok()?.total(Metric::Rows)?))
-                })
-                .collect(),
-            bucket_loads: live::bucket_rows(&measures),
-        };
+        let load = live::load_report(&map, &measures, Metric::Rows)
+            .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no rows measured")))?;
         let text = serde_json::to_string(&load).map_err(|e| Failure::Runtime(e.into()))?;
         std::fs::write(path, text).map_err(|e| {
             Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))

@@ -73,7 +73,7 @@ fn code(out: &Output) -> Option<i32> {
 fn load_file(loads: impl Fn(usize) -> u64, hot: &str) -> String {
     let buckets: Vec<String> = (0..1024).map(|b| loads(b).to_string()).collect();
     format!(
-        "{{\"version\": 1, \"buckets\": 1024, \"shards\": {{\"s0\": 1}}, \
+        "{{\"version\": 1, \"map_version\": 1, \"buckets\": 1024, \"shards\": {{\"s0\": 1}}, \
          \"bucket_loads\": [{}]{hot}}}",
         buckets.join(", ")
     )
@@ -221,14 +221,6 @@ fn invalid_input_exits_2_without_writing_the_plan() {
         (
             vec!["add-shard", "s9=postgres://app@db0/forum"],
             "same server and database",
-        ),
-        (
-            vec!["balance", "--by", "rows"],
-            "live counting comes with `postshard skew`",
-        ),
-        (
-            vec!["balance", "--by", "bytes"],
-            "--by bytes needs --load FILE",
         ),
         (
             vec!["balance", "--by", "load"],

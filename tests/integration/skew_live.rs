@@ -115,6 +115,44 @@ fn live_skew_reports_exact_counts_histogram_and_unreachable_shards() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("peak-to-mean 1.500"), "{text}");
 
+    // Balancing by rows counts them live and evens the shards out.
+    let plan = f.path().with_extension("plan.yaml");
+    let next = f.path().with_extension("next.yaml");
+    let out = postshard(
+        &[
+            "plan",
+            "balance",
+            "--by",
+            "rows",
+            "--map",
+            path,
+            "--out",
+            plan.to_str().unwrap(),
+            "--emit-map",
+            next.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(
+        plan_text.contains("from live shards") && plan_text.contains("rows:"),
+        "{plan_text}"
+    );
+    let next = postshard_router::ShardMap::from_path(&next).expect("emitted map");
+    let mut after = [0f64; 3];
+    for id in ids.iter().flatten() {
+        after[next.shard_index_for(*id)] += 1.0;
+    }
+    after[next.shard_index_for(viral)] += 400.0;
+    let ptm = after.iter().cloned().fold(0.0, f64::max) / (1_400.0 / 3.0);
+    assert!(ptm < 1.25, "rows per shard after balancing: {after:?}");
+
     // A stopped shard is reported unreachable, never as zero, and the run fails.
     cluster.servers()[2].stop().expect("stop s2");
     let out = postshard(&["skew", "--map", path, "--json"], "");

@@ -2,19 +2,10 @@
 
 use postshard_router::ring::TOKEN_SPACE;
 use postshard_router::Token;
-use serde::Deserialize;
 
 use super::moves::{spans, RING_END};
 
-/// A single token (one key) whose load cannot be split between shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HotToken {
-    /// The token.
-    pub token: Token,
-    /// Its load (requests, rows or bytes).
-    pub load: u64,
-}
+pub use postshard_router::HotToken;
 
 /// Why a histogram cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,18 +7,18 @@
 //!
 //! Bucket `b` of `buckets` equal buckets covers tokens from
 //! `i64::MIN + b * 2^64 / buckets` up to the next bucket's start. `shards`
-//! holds each shard's total when the report was taken. `map_version` (the
-//! map the load was measured under) and `hot_tokens` are optional; hot
-//! tokens' loads are included in their buckets' loads. This is the router's
-//! load report (`postshard_router::LoadReport`) plus hot tokens. Unknown
+//! holds each shard's total when the report was taken, `map_version` the map
+//! the load was measured under. `hot_tokens` is optional; hot tokens' loads
+//! are included in their buckets' loads. This is the router's
+//! [`LoadReport`], which `postshard skew --save-load` writes too. Unknown
 //! fields are refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use postshard_router::LoadReport;
 
-use super::histogram::{HistogramError, HotToken, TokenHistogram};
+use super::histogram::{HistogramError, TokenHistogram};
 
 /// The only supported `version`.
 pub const LOAD_FILE_VERSION: u32 = 1;
@@ -83,26 +83,12 @@ pub enum LoadFileError {
 /// A load file: per-shard totals and the load over the ring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadFile {
-    /// Version of the map the load was measured under, when recorded.
-    pub map_version: Option<u64>,
+    /// Version of the map the load was measured under.
+    pub map_version: u64,
     /// Each shard's total load when the report was taken, by name.
     pub shards: BTreeMap<String, u64>,
     /// Load per token bucket and hot token.
     pub histogram: TokenHistogram,
-}
-
-/// The file as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReport {
-    version: u32,
-    #[serde(default)]
-    map_version: Option<u64>,
-    buckets: usize,
-    shards: BTreeMap<String, u64>,
-    bucket_loads: Vec<u64>,
-    #[serde(default)]
-    hot_tokens: Vec<HotToken>,
 }
 
 impl LoadFile {
@@ -118,12 +104,17 @@ impl LoadFile {
 
     /// Parses a load file held in memory, naming `origin` in errors.
     pub fn from_json_str(text: &str, origin: &str) -> Result<LoadFile, LoadFileError> {
-        let raw: RawReport = serde_json::from_str(text).map_err(|e| LoadFileError::Parse {
+        let raw: LoadReport = serde_json::from_str(text).map_err(|e| LoadFileError::Parse {
             origin: origin.to_string(),
             line: e.line(),
             column: e.column(),
             message: strip_location(&e.to_string()),
         })?;
+        LoadFile::from_report(raw, origin)
+    }
+
+    /// Checks a load report held in memory, naming `origin` in errors.
+    pub fn from_report(raw: LoadReport, origin: &str) -> Result<LoadFile, LoadFileError> {
         if raw.version != LOAD_FILE_VERSION {
             return Err(LoadFileError::Version {
                 origin: origin.to_string(),
@@ -174,16 +165,19 @@ mod tests {
                 "bucket_loads": [1, 2, 3, 4]}"#,
         )
         .unwrap();
-        assert_eq!(plain.map_version, Some(3));
+        assert_eq!(plain.map_version, 3);
         assert_eq!(plain.shards["s0"], 10);
         assert_eq!(plain.histogram.total(), 10.0);
         assert!(plain.histogram.hot_tokens().is_empty());
         let hot = report(
-            r#"{"version": 1, "buckets": 2, "shards": {},
+            r#"{"version": 1, "map_version": 1, "buckets": 2, "shards": {},
                 "bucket_loads": [5, 9], "hot_tokens": [{"token": 7, "load": 4}]}"#,
         )
         .unwrap();
-        assert_eq!(hot.histogram.hot_tokens(), [HotToken { token: 7, load: 4 }]);
+        assert_eq!(
+            hot.histogram.hot_tokens(),
+            [postshard_router::HotToken { token: 7, load: 4 }]
+        );
         assert!((hot.histogram.load_between(0, 1 << 63) - 9.0).abs() < 1e-9);
     }
 
@@ -195,30 +189,32 @@ mod tests {
             buckets: 4,
             shards: [("a".to_string(), 6)].into_iter().collect(),
             bucket_loads: vec![1, 2, 3, 0],
+            hot_tokens: Vec::new(),
         };
         let text = serde_json::to_string(&routed).unwrap();
         let file = report(&text).unwrap();
-        assert_eq!((file.map_version, file.histogram.total()), (Some(12), 6.0));
+        assert_eq!((file.map_version, file.histogram.total()), (12, 6.0));
     }
 
     #[test]
     fn errors_name_the_file_and_line() {
         let cases = [
             (
-                "{\"version\": 1,\n \"buckets\": 1, \"shards\": {},\n \"bucket_loads\": [1], \"extra\": 0}",
+                "{\"version\": 1, \"map_version\": 1,\n \"buckets\": 1, \"shards\": {},\n \"bucket_loads\": [1], \"extra\": 0}",
                 "load.json:3:",
             ),
-            ("{\"version\": 2, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1]}", "version 2"),
+            ("{\"version\": 2, \"map_version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1]}", "version 2"),
             (
-                "{\"version\": 1, \"buckets\": 1024, \"shards\": {}, \"bucket_loads\": [1]}",
+                "{\"version\": 1, \"map_version\": 1, \"buckets\": 1024, \"shards\": {}, \"bucket_loads\": [1]}",
                 "`buckets` is 1024 but `bucket_loads` holds 1",
             ),
             (
-                "{\"version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1],\n \
+                "{\"version\": 1, \"map_version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1],\n \
                  \"hot_tokens\": [{\"token\": 1, \"load\": 1}, {\"token\": 1, \"load\": 2}]}",
                 "hot token 1 is listed twice",
             ),
-            ("{\"version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [-1]}", "load.json:1:"),
+            ("{\"version\": 1, \"map_version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [-1]}", "load.json:1:"),
+            ("{\"version\": 1, \"buckets\": 1, \"shards\": {}, \"bucket_loads\": [1]}", "missing field `map_version`"),
         ];
         for (body, want) in cases {
             let e = report(body).unwrap_err().to_string();
