@@ -8,8 +8,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hashring::HashRing;
 use postshard_rebalancer::layout::balanced_arcs;
-use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
-use postshard_router::map::HASH_FUNCTION;
+use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::{hashint8extended, Router, ShardMap};
 
 const KEYS: usize = 4096;
@@ -17,34 +16,16 @@ const VNODES: usize = 256;
 
 /// A balanced map of `n` shards, as `postshard map init` writes it.
 fn balanced_map(n: usize) -> ShardMap {
-    let names: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-    let raw = RawMap {
-        version: RawValue::Int(1),
-        hash: RawHash {
-            function: HASH_FUNCTION.into(),
-            seed: RawValue::Int(0),
-        },
-        tables: vec![RawTable {
-            name: "posts".into(),
-            key: "id".into(),
-        }],
-        shards: names
-            .iter()
-            .map(|name| RawShard {
-                name: name.clone(),
-                url: format!("postgres://postgres@127.0.0.1/{name}"),
-                weight: None,
-                pool: None,
-            })
-            .collect(),
-        ring: balanced_arcs(&vec![1; n])
-            .into_iter()
-            .map(|(from, shard)| RawArc {
-                from: RawValue::from(from),
-                shard: names[shard].clone(),
-            })
-            .collect(),
-    };
+    let shards = (0..n)
+        .map(|i| {
+            RawShard::new(
+                &format!("s{i}"),
+                &format!("postgres://postgres@127.0.0.1/s{i}"),
+            )
+        })
+        .collect();
+    let tables = vec![RawTable::new("posts", "id")];
+    let raw = RawMap::new(1, 0, tables, shards, &balanced_arcs(&vec![1; n]));
     ShardMap::from_raw(raw, "bench", &|_| None).expect("valid map")
 }
 

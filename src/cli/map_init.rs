@@ -1,8 +1,7 @@
 //! `postshard map init`: a balanced map for a set of shards.
 
 use postshard_rebalancer::layout::balanced_arcs;
-use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
-use postshard_router::map::HASH_FUNCTION;
+use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::url::{has_literal_password, redact};
 use postshard_router::ShardMap;
 
@@ -44,12 +43,7 @@ fn build(args: &Args) -> Result<ShardMap, Failure> {
                 redact(url)
             )));
         }
-        shards.push(RawShard {
-            name: name.to_string(),
-            url: url.to_string(),
-            weight: None,
-            pool: None,
-        });
+        shards.push(RawShard::new(name, url));
     }
     let mut weights = vec![1u32; shards.len()];
     for spec in &args.weights {
@@ -71,7 +65,7 @@ fn build(args: &Args) -> Result<ShardMap, Failure> {
                 ))
             })?;
         weights[i] = w;
-        shards[i].weight = Some(RawValue::from(w));
+        shards[i] = shards[i].clone().with_weight(w);
     }
     let table_specs = if args.tables.is_empty() {
         vec!["posts:id".to_string(), "comments:post_id".to_string()]
@@ -83,28 +77,9 @@ fn build(args: &Args) -> Result<ShardMap, Failure> {
         let (name, key) = spec
             .split_once(':')
             .ok_or_else(|| Failure::invalid(format!("--table `{spec}`: expected NAME:KEY")))?;
-        tables.push(RawTable {
-            name: name.to_string(),
-            key: key.to_string(),
-        });
+        tables.push(RawTable::new(name, key));
     }
-    let ring = balanced_arcs(&weights)
-        .into_iter()
-        .map(|(from, shard)| RawArc {
-            from: RawValue::from(from),
-            shard: shards[shard].name.clone(),
-        })
-        .collect();
-    let raw = RawMap {
-        version: RawValue::Int(1),
-        hash: RawHash {
-            function: HASH_FUNCTION.to_string(),
-            seed: RawValue::from(args.seed),
-        },
-        tables,
-        shards,
-        ring,
-    };
+    let raw = RawMap::new(1, args.seed, tables, shards, &balanced_arcs(&weights));
     // The map may be meant for another machine: `${VAR}`s unset here are not an error.
     let env = |name: &str| Some(std::env::var(name).unwrap_or_else(|_| "unset".to_string()));
     Ok(ShardMap::from_raw(raw, "map init", &env)?)

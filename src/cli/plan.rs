@@ -13,7 +13,7 @@ use postshard_rebalancer::plan::{
 };
 use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
-use postshard_router::{MapError, Router, ShardMap};
+use postshard_router::{MapError, ShardMap};
 
 use super::Failure;
 
@@ -196,20 +196,11 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
 fn measure_live(path: &Path, metric: Metric) -> Result<LoadFile, Failure> {
     // Connecting needs the real secrets, not placeholders.
     let map = ShardMap::from_path(path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let measures = runtime.block_on(async {
-        let router = Router::connect(map.clone())
-            .await
-            .map_err(|e| Failure::Runtime(e.into()))?;
-        let options = live::Options {
-            window: None,
-            hot_keys: LIVE_HOT_KEYS,
-        };
-        Ok::<_, Failure>(live::measure(&router, options).await)
-    })?;
+    let options = live::Options {
+        window: None,
+        hot_keys: LIVE_HOT_KEYS,
+    };
+    let measures = super::skew_live::measure(&map, options)?;
     if let Some(failed) = measures.iter().find_map(|m| m.stats.as_ref().err()) {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "cannot plan from partial counts: {failed}"

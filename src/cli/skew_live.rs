@@ -70,20 +70,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         (None, Metric::Writes | Metric::Reads) => Some(Duration::from_secs(5)),
         (None, _) => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let measures = runtime.block_on(async {
-        let router = Router::connect(map.clone())
-            .await
-            .map_err(|e| Failure::Runtime(e.into()))?;
-        let options = live::Options {
-            window,
-            hot_keys: args.hot_keys,
-        };
-        Ok::<_, Failure>(live::measure(&router, options).await)
-    })?;
+    let options = live::Options {
+        window,
+        hot_keys: args.hot_keys,
+    };
+    let measures = measure(&map, options)?;
     let report = report_json(&map, &measures, metric, window);
     if args.json {
         println!("{report}");
@@ -111,6 +102,23 @@ pub fn run(args: Args) -> Result<(), Failure> {
             unreachable.join(", ")
         )))
     }
+}
+
+/// Measures every shard of `map` now (see [`live::measure`]).
+pub(super) fn measure(
+    map: &ShardMap,
+    options: live::Options,
+) -> Result<Vec<ShardMeasure>, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(async {
+        let router = Router::connect(map.clone())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        Ok(live::measure(&router, options).await)
+    })
 }
 
 fn report_json(

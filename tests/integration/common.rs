@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests.
 
-use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
-use postshard_router::map::HASH_FUNCTION;
+use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::{ShardMap, Token};
 use postshard_sandbox::Cluster;
 
@@ -37,41 +36,17 @@ pub fn map_for(
     ring: &[(Token, usize)],
     url: impl Fn(String) -> String,
 ) -> ShardMap {
-    let raw = RawMap {
-        version: RawValue::Int(1),
-        hash: RawHash {
-            function: HASH_FUNCTION.to_string(),
-            seed: RawValue::from(seed),
-        },
-        tables: vec![
-            RawTable {
-                name: "posts".into(),
-                key: "id".into(),
-            },
-            RawTable {
-                name: "comments".into(),
-                key: "post_id".into(),
-            },
-        ],
-        shards: cluster
-            .servers()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| RawShard {
-                name: format!("s{i}"),
-                url: url(s.url()),
-                weight: None,
-                pool: None,
-            })
-            .collect(),
-        ring: ring
-            .iter()
-            .map(|(from, shard)| RawArc {
-                from: RawValue::from(*from),
-                shard: format!("s{shard}"),
-            })
-            .collect(),
-    };
+    let shards = cluster
+        .servers()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| RawShard::new(&format!("s{i}"), &url(s.url())))
+        .collect();
+    let tables = vec![
+        RawTable::new("posts", "id"),
+        RawTable::new("comments", "post_id"),
+    ];
+    let raw = RawMap::new(1, seed, tables, shards, ring);
     ShardMap::from_raw(raw, "test", &|_| None).expect("valid test map")
 }
 

@@ -1,7 +1,6 @@
 //! Tests of planning against whole shard maps.
 
-use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
-use postshard_router::map::HASH_FUNCTION;
+use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::ring::TOKEN_SPACE;
 use postshard_router::{ShardMap, Token};
 use proptest::prelude::*;
@@ -11,35 +10,19 @@ use crate::layout::{balanced_arcs, target_tokens};
 use crate::skew::Skew;
 
 /// A map of shards `s0..` with `weights`, owning `arcs`, at `version`.
-fn map_of(weights: &[u32], arcs: &[(Token, usize)], version: i128) -> ShardMap {
-    let raw = RawMap {
-        version: RawValue::Int(version),
-        hash: RawHash {
-            function: HASH_FUNCTION.to_string(),
-            seed: RawValue::Int(0),
-        },
-        tables: vec![RawTable {
-            name: "posts".to_string(),
-            key: "id".to_string(),
-        }],
-        shards: weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| RawShard {
-                name: format!("s{i}"),
-                url: format!("postgres://app:${{PGPASSWORD}}@db{i}/posts"),
-                weight: Some(RawValue::from(*w)),
-                pool: None,
-            })
-            .collect(),
-        ring: arcs
-            .iter()
-            .map(|(from, owner)| RawArc {
-                from: RawValue::from(*from),
-                shard: format!("s{owner}"),
-            })
-            .collect(),
-    };
+fn map_of(weights: &[u32], arcs: &[(Token, usize)], version: u64) -> ShardMap {
+    let shards = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            RawShard::new(
+                &format!("s{i}"),
+                &format!("postgres://app:${{PGPASSWORD}}@db{i}/posts"),
+            )
+            .with_weight(*w)
+        })
+        .collect();
+    let raw = RawMap::new(version, 0, vec![RawTable::new("posts", "id")], shards, arcs);
     ShardMap::from_raw(raw, "test", &|_| Some("secret".to_string())).unwrap()
 }
 
@@ -59,7 +42,7 @@ fn random_map() -> impl Strategy<Value = ShardMap> {
                 ],
                 proptest::collection::btree_set(any::<i64>(), 0..80),
                 proptest::collection::vec(0..n, 81),
-                0i128..1000,
+                0u64..1000,
             )
         })
         .prop_map(|(weights, mut starts, owners, version)| {

@@ -2,8 +2,7 @@
 //! index, before and after a change of shards.
 
 use hashring::HashRing;
-use postshard_router::map::raw::{RawArc, RawHash, RawMap, RawShard, RawTable, RawValue};
-use postshard_router::map::HASH_FUNCTION;
+use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::{hashint8extended, ShardMap, Token};
 
 use super::jump::jump_consistent_hash;
@@ -153,31 +152,14 @@ fn hash_ring(shards: &[usize], vnodes: u32) -> HashRing<VNode> {
 /// A validated shard map of `shards` shards (`s0`, `s1`, …) over `arcs`, so
 /// that the simulation routes with the router's own code.
 fn ring_map(arcs: &[(Token, usize)], shards: usize) -> Result<ShardMap, SimulateError> {
-    let raw = RawMap {
-        version: RawValue::Int(1),
-        hash: RawHash {
-            function: HASH_FUNCTION.to_string(),
-            seed: RawValue::Int(0),
-        },
-        tables: vec![RawTable {
-            name: "posts".to_string(),
-            key: "id".to_string(),
-        }],
-        shards: (0..shards)
-            .map(|s| RawShard {
-                name: shard_name(s),
-                url: format!("postgres://simulated/{}", shard_name(s)),
-                weight: None,
-                pool: None,
-            })
-            .collect(),
-        ring: arcs
-            .iter()
-            .map(|(from, shard)| RawArc {
-                from: RawValue::from(*from),
-                shard: shard_name(*shard),
-            })
-            .collect(),
-    };
+    let shards = (0..shards)
+        .map(|s| {
+            RawShard::new(
+                &shard_name(s),
+                &format!("postgres://simulated/{}", shard_name(s)),
+            )
+        })
+        .collect();
+    let raw = RawMap::new(1, 0, vec![RawTable::new("posts", "id")], shards, arcs);
     ShardMap::from_raw(raw, "simulated ring", &|_| None).map_err(SimulateError::Layout)
 }

@@ -8,6 +8,9 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::HASH_FUNCTION;
+use crate::hash::Token;
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +83,67 @@ pub struct RawArc {
     pub from: RawValue,
     /// Owner shard name.
     pub shard: String,
+}
+
+impl RawMap {
+    /// A map at `version` whose ring gives arc `(start, i)` to `shards[i]`;
+    /// for maps built in memory (`map init`, the planner, tests), which
+    /// [`crate::ShardMap::from_raw`] then validates like a file.
+    pub fn new(
+        version: u64,
+        seed: i64,
+        tables: Vec<RawTable>,
+        shards: Vec<RawShard>,
+        arcs: &[(Token, usize)],
+    ) -> RawMap {
+        let ring = arcs
+            .iter()
+            .map(|(from, shard)| RawArc {
+                from: RawValue::from(*from),
+                shard: shards
+                    .get(*shard)
+                    .map_or_else(|| format!("#{shard}"), |s| s.name.clone()),
+            })
+            .collect();
+        RawMap {
+            version: RawValue::Int(i128::from(version)),
+            hash: RawHash {
+                function: HASH_FUNCTION.to_string(),
+                seed: RawValue::from(seed),
+            },
+            tables,
+            shards,
+            ring,
+        }
+    }
+}
+
+impl RawTable {
+    /// Table `name` keyed by column `key`.
+    pub fn new(name: &str, key: &str) -> RawTable {
+        RawTable {
+            name: name.to_string(),
+            key: key.to_string(),
+        }
+    }
+}
+
+impl RawShard {
+    /// Shard `name` at `url`, default weight and pool.
+    pub fn new(name: &str, url: &str) -> RawShard {
+        RawShard {
+            name: name.to_string(),
+            url: url.to_string(),
+            weight: None,
+            pool: None,
+        }
+    }
+
+    /// The same shard with `weight`.
+    pub fn with_weight(mut self, weight: u32) -> RawShard {
+        self.weight = Some(RawValue::from(weight));
+        self
+    }
 }
 
 /// A scalar kept as written, so validation can judge it and name it: any
