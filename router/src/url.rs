@@ -4,6 +4,7 @@
 //! redacted form, so a URL can go into any error, log line or output safely.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// A shard's connection URL as written (`template`, with `${VAR}` references)
 /// and as expanded from the environment.
@@ -75,25 +76,29 @@ impl fmt::Debug for ConnUrl {
 
 /// True when `template` holds a password written out rather than as `${VAR}`.
 pub fn has_literal_password(template: &str) -> bool {
-    let without_vars = match ConnUrl::expand(template, |_| Some(String::new())) {
-        Ok(url) => url.expanded,
-        Err(_) => template.to_string(),
+    let Ok(without_vars) = ConnUrl::expand(template, |_| Some(String::new())) else {
+        return false;
     };
-    redact(&without_vars) != without_vars
+    match tokio_postgres::Config::from_str(&without_vars.expanded) {
+        Ok(config) => config.get_password().is_some_and(|p| !p.is_empty()),
+        // Unparsable: judge by the text, erring on the side of a secret.
+        Err(_) => redact(&without_vars.expanded) != without_vars.expanded,
+    }
 }
 
 /// Replaces every password in a connection string with `***`: the userinfo
-/// password of a URL (`postgres://user:secret@host`), a `password=` query
-/// parameter, and a `password=` key of a key/value connection string.
+/// password of a URL (`postgres://user:secret@host`, up to the last `@`, so
+/// a password holding `@`, `/` or `?` is masked whole), a `password=` query
+/// parameter, and a `password` key of a key/value connection string (spaces
+/// around `=` and quoted values included). When none of these match but the
+/// driver would still read a password, that password is masked wherever it
+/// appears.
 pub fn redact(conn: &str) -> String {
     let mut out = conn.to_string();
     if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = auth_start..auth_start + at;
+        let rest = scheme_end + 3;
+        if let Some(at) = out[rest..].rfind('@') {
+            let userinfo = rest..rest + at;
             if let Some(colon) = out[userinfo.clone()].find(':') {
                 let password = userinfo.start + colon + 1..userinfo.end;
                 if !password.is_empty() {
@@ -102,30 +107,67 @@ pub fn redact(conn: &str) -> String {
             }
         }
     }
-    redact_key(&mut out, "password=");
+    redact_keys(&mut out);
+    if out != conn {
+        return out;
+    }
+    // Nothing matched the known forms, yet the driver may still read a
+    // password (say, from a percent-encoded key): mask its every occurrence.
+    if let Ok(config) = tokio_postgres::Config::from_str(conn) {
+        if let Some(password) = config
+            .get_password()
+            .and_then(|p| std::str::from_utf8(p).ok())
+        {
+            if !password.is_empty() && password != "***" {
+                out = out.replace(password, "***");
+            }
+        }
+    }
     out
 }
 
-/// Masks the value after each case-insensitive `key` (up to `&`, whitespace or
-/// the end; a quoted value up to its closing quote).
-fn redact_key(out: &mut String, key: &str) {
+/// Masks the value of every `password` key: `password=x`, `password = x`,
+/// `PASSWORD='a b'` (up to `&`, whitespace or the end; a quoted value up to
+/// its closing quote, backslash escapes included).
+fn redact_keys(out: &mut String) {
+    const KEY: &str = "password";
     let mut from = 0;
-    while let Some(pos) = out[from..].to_ascii_lowercase().find(key) {
-        let start = from + pos + key.len();
-        let value = &out[start..];
-        let len = if let Some(quoted) = value.strip_prefix('\'') {
-            quoted.find('\'').map_or(value.len(), |i| i + 2)
-        } else {
-            value
-                .find(|c: char| c == '&' || c.is_whitespace())
-                .unwrap_or(value.len())
-        };
-        if len == 0 {
-            from = start;
+    while let Some(pos) = out[from..].to_ascii_lowercase().find(KEY) {
+        let key_start = from + pos;
+        from = key_start + KEY.len();
+        let preceded_ok = out[..key_start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
+        let after = &out[from..];
+        let trimmed = after.trim_start();
+        let Some(value) = trimmed.strip_prefix('=').filter(|_| preceded_ok) else {
             continue;
+        };
+        let value = value.trim_start();
+        let start = out.len() - value.len();
+        let len = match value.strip_prefix('\'') {
+            Some(quoted) => {
+                let mut escaped = false;
+                quoted
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '\'' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map_or(value.len(), |(i, _)| i + 2)
+            }
+            None => value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len()),
+        };
+        if len > 0 {
+            out.replace_range(start..start + len, "***");
+            from = start + 3;
+        } else {
+            from = start;
         }
-        out.replace_range(start..start + len, "***");
-        from = start + 3;
     }
 }
 
@@ -151,7 +193,8 @@ mod tests {
                 "host=h PASSWORD='a b' dbname=d",
                 "host=h PASSWORD=*** dbname=d",
             ),
-            ("postgres://h/db#x:y@z", "postgres://h/db#x:y@z"),
+            // An `@` after the host masks too much, never too little.
+            ("postgres://h/db#x:y@z", "postgres://h/db#x:***@z"),
             (
                 "postgres://u:@h/db?password=",
                 "postgres://u:@h/db?password=",
@@ -165,6 +208,9 @@ mod tests {
     #[test]
     fn literal_passwords_are_told_from_variables() {
         assert!(has_literal_password("postgres://u:pw@h/db"));
+        assert!(has_literal_password("postgres://u:a/b@h/db"));
+        assert!(has_literal_password("host=h password = secret"));
+        assert!(has_literal_password("postgres://u@h/db?passwor%64=x"));
         assert!(has_literal_password("host=h password=pw"));
         assert!(!has_literal_password("postgres://u:${PW}@h/db"));
         assert!(!has_literal_password("postgres://u@h/db?password=${PW}"));

@@ -42,15 +42,17 @@ fn route(args: Args) -> Result<(), Failure> {
     if args.ids.is_empty() {
         let stdin = std::io::stdin();
         let mut input = stdin.lock();
-        let mut line = String::new();
+        let mut line = Vec::new();
         let mut number = 0u64;
         loop {
             line.clear();
-            if input.read_line(&mut line)? == 0 {
+            if input.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
             number += 1;
-            let id = parse_id(line.trim_end_matches(['\n', '\r']))
+            let id = std::str::from_utf8(&line)
+                .map_err(|_| "not valid UTF-8".to_string())
+                .and_then(|text| parse_id(text.trim_end_matches(['\n', '\r'])))
                 .map_err(|e| Failure::invalid(format!("stdin:{number}: {e}")))?;
             write_route(&mut out, &map, id, args.json)?;
         }
@@ -71,10 +73,19 @@ fn route(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Longest input shown back in an error.
+const SHOWN: usize = 40;
+
 fn parse_id(text: &str) -> Result<i64, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a 64-bit signed integer"))
+    text.trim().parse().map_err(|_| {
+        let shown: String = text.chars().take(SHOWN).collect();
+        let more = if text.chars().count() > SHOWN {
+            "…"
+        } else {
+            ""
+        };
+        format!("`{shown}{more}` is not a 64-bit signed integer")
+    })
 }
 
 fn write_route(out: &mut impl Write, map: &ShardMap, id: i64, json: bool) -> std::io::Result<()> {

@@ -23,8 +23,13 @@ ring:
   - { from: 0, shard: s1 }
 ";
 
-/// Runs `postshard ARGS` with `stdin`, and the environment cleared of `UNSET_*`.
+/// Runs `postshard ARGS` with `stdin`, `POSTSHARD_TEST_UNSET` unset.
 pub fn postshard(args: &[&str], stdin: &str) -> Output {
+    postshard_bytes(args, stdin.as_bytes())
+}
+
+/// [`postshard`] with raw bytes on stdin.
+pub fn postshard_bytes(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .env_remove("POSTSHARD_TEST_UNSET")
@@ -34,9 +39,9 @@ pub fn postshard(args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("run postshard");
     let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_string();
+    let stdin = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
+        let _ = input.write_all(&stdin);
     });
     let out = child.wait_with_output().expect("wait for postshard");
     feeder.join().expect("stdin feeder");
@@ -102,6 +107,8 @@ fn malformed_maps_exit_2_naming_problem_and_line() {
         ("from below i64", "from: 0,", "from: -9223372036854775809,", 15, "`-9223372036854775809` is out of range"),
         ("from not a number", "from: 0,", "from: zero,", 15, "`zero` is not an integer"),
         ("from a float", "from: 0,", "from: 0.5,", 15, "`0.5` is not an integer"),
+        ("from an integral float", "from: 0,", "from: 1e3,", 15, "written as a floating-point number"),
+        ("literal password", "postgres@127.0.0.1:5434", "postgres:s3cret@127.0.0.1:5434", 12, "holds a literal password; write it as ${VAR}"),
         ("ring names unknown shard", "shard: s1 }", "shard: s9 }", 15, "unknown shard `s9`"),
         ("unset variable", "postgres@127.0.0.1:5434", "postgres:${POSTSHARD_TEST_UNSET}@127.0.0.1:5434", 12, "environment variable `POSTSHARD_TEST_UNSET` is not set"),
         ("unsafe table name", "name: posts,", "name: \"posts; drop table x\",", 6, "is not a lower-case SQL identifier"),
@@ -130,6 +137,10 @@ fn malformed_maps_exit_2_naming_problem_and_line() {
                 text(&out.stdout)
             );
             assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+            assert!(
+                !stderr.contains("s3cret"),
+                "{what}: leaked the password: {stderr}"
+            );
             let located = format!("{path}:{line}:");
             let hit = stderr
                 .lines()
@@ -198,6 +209,20 @@ fn route_prints_tokens_and_owners_from_args_and_stdin() {
     let out = postshard(&["route", "--map", path], "1\n99999999999999999999\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("stdin:2:"));
+    let out = postshard_bytes(&["route", "--map", path], b"1\n\xff\xfe\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("stdin:2: not valid UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+    let long = "9".repeat(10_000);
+    let out = postshard(&["route", "--map", path], &long);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).len() < 200,
+        "the error echoes the whole line"
+    );
     let out = postshard(&["route", "--map", path, "12", "x"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -261,7 +286,7 @@ fn map_init_writes_a_balanced_valid_map() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     for bad in [
-        vec!["map", "init", "--shard", "a=postgres://u:secret@h/db"],
+        vec!["map", "init", "--shard", "a=postgres://u:s3cret@h/db"],
         vec![
             "map",
             "init",
@@ -294,7 +319,7 @@ fn map_init_writes_a_balanced_valid_map() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{bad:?}");
         assert!(
-            !stderr.contains("secret"),
+            !stderr.contains("s3cret"),
             "{bad:?} leaked the password: {stderr}"
         );
     }

@@ -9,7 +9,7 @@ use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
-use crate::url::ConnUrl;
+use crate::url::{has_literal_password, redact, ConnUrl};
 
 /// Most shards a map may hold.
 pub const MAX_SHARDS: usize = 4096;
@@ -43,7 +43,10 @@ impl Checker<'_> {
                 None
             }
             RawValue::Float(x) if x.fract() == 0.0 => {
-                self.report(path, format!("`{x}` is out of range {min}..={max}"));
+                self.report(
+                    path,
+                    format!("`{x}` is written as a floating-point number; write a plain integer"),
+                );
                 None
             }
             other => {
@@ -158,6 +161,17 @@ pub(crate) fn validate(
             );
         } else if index_of.insert(s.name.clone(), i).is_some() {
             ck.report(at("name"), format!("duplicate shard name `{}`", s.name));
+        }
+        if has_literal_password(&s.url) {
+            ck.report(
+                at("url"),
+                format!(
+                    "the URL `{}` holds a literal password; write it as ${{VAR}} (e.g. \
+                     postgres://user:${{PGPASSWORD}}@host/db) so that no secret sits in the map \
+                     or in plans made from it",
+                    redact(&s.url)
+                ),
+            );
         }
         let url = match ConnUrl::expand(&s.url, env) {
             Ok(url) => check_url(&mut ck, &at("url"), &s.name, url, &mut endpoints),
