@@ -5,6 +5,7 @@
 //! that owns the ring arc holding that token owns the key. [`ShardMap`] holds
 //! the validated map; [`Router`] adds one connection pool per shard.
 
+mod connect_failures;
 pub mod hash;
 pub mod load;
 pub mod map;
@@ -13,7 +14,7 @@ mod router;
 pub mod url;
 
 pub use hash::{hashint8extended, Token};
-pub use load::{HotToken, LoadReport};
+pub use load::{HotToken, LoadReport, LoadUnit};
 pub use map::{MapError, ShardMap};
 pub use ring::Ring;
 pub use router::{Client, Params, Router, RouterError, ShardRows};

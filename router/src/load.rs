@@ -2,62 +2,105 @@
 //! received.
 //!
 //! Counting must stay within a couple of nanoseconds, so the hot path has no
-//! locked read-modify-write: each of the first [`ROWS`] threads that route in
-//! the process gets its own row of counters, which only it writes (a plain
-//! relaxed load and store); later threads share one row through `fetch_add`.
-//! Either way every call is counted exactly, and a report sums all rows. A
-//! counter is kept per ring segment (the part of an arc inside one bucket),
-//! so one increment yields exact counts per shard and per bucket.
+//! locked read-modify-write: each thread that routes holds one of [`ROWS`]
+//! slots (handed back when the thread exits) and writes only its own row of
+//! counters, with a plain relaxed load and store; threads beyond [`ROWS`]
+//! alive at once share one row through `fetch_add`. Either way every call is
+//! counted exactly, and a report sums all rows. A counter is kept per ring
+//! segment (the part of an arc inside one bucket), so one increment yields
+//! exact counts per shard and per bucket. A thread's first call through a
+//! router allocates that thread's row.
+//!
+//! Hot keys are found by sampling: each time a thread's counter of a segment
+//! reaches a multiple of [`SAMPLE_EVERY`], the key being routed is recorded
+//! in a small direct-mapped table where each entry keeps the token that
+//! outvotes the others hashing to it (Misra-Gries per entry). A key that
+//! carries most of its segment's calls dominates those samples, so the
+//! report can name it; recording a sample is O(1).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Token;
 use crate::map::ShardMap;
-use crate::ring::BUCKETS;
+use crate::ring::{bucket_of, BUCKETS};
 
 /// Format version of [`LoadReport`].
 pub const LOAD_REPORT_VERSION: u32 = 1;
 
-/// Threads that get a row of their own; row `ROWS` is the shared one.
+/// Slots with a row of their own; row `ROWS` is the shared one.
 const ROWS: usize = 64;
 
-/// Hands out thread numbers, once per thread, for the life of the process.
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+/// One routed call in this many (per thread and segment) is sampled for hot keys.
+pub const SAMPLE_EVERY: u64 = 1024;
+
+/// Entries of the hot-key table (a power of two).
+const TRACKED: usize = 1024;
+
+/// Hot tokens a report lists at most.
+const REPORTED: usize = 16;
+
+/// Slots never handed out yet start here; returned slots wait in `FREE_SLOTS`.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 thread_local! {
-    /// This thread's number, or `usize::MAX` before its first routed call.
-    static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's slot, or `usize::MAX` before its first routed call.
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Hands the slot back when the thread exits.
+    static RELEASE: RefCell<Option<SlotRelease>> = const { RefCell::new(None) };
 }
 
-/// This thread's number.
+/// Returns a thread's slot to `FREE_SLOTS` when the thread exits. The mutex
+/// orders the old thread's last counter writes before the next owner's.
+struct SlotRelease(usize);
+
+impl Drop for SlotRelease {
+    fn drop(&mut self) {
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.0);
+    }
+}
+
+/// This thread's slot.
 #[inline(always)]
-fn thread_number() -> usize {
-    let n = THREAD.with(Cell::get);
+fn slot() -> usize {
+    let n = SLOT.with(Cell::get);
     if n != usize::MAX {
         n
     } else {
-        first_thread_number()
+        first_slot()
     }
 }
 
 #[cold]
-fn first_thread_number() -> usize {
-    let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-    THREAD.with(|t| t.set(n));
+fn first_slot() -> usize {
+    let reused = FREE_SLOTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let n = reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|t| t.set(n));
+    // Without a destructor (thread-local storage being torn down), the slot is
+    // simply not reused; counting stays exact.
+    let _ = RELEASE.try_with(|r| *r.borrow_mut() = Some(SlotRelease(n)));
     n
 }
 
-/// Per-segment call counters of one router.
+/// Per-segment call counters of one router, and its hot-key samples.
 #[derive(Debug)]
 pub(crate) struct LoadCounters {
     segments: usize,
-    /// Rows `0..ROWS` belong to one thread each; row `ROWS` is shared.
+    /// Rows `0..ROWS` belong to one slot each; row `ROWS` is shared.
     rows: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    /// Sampled tokens: `(token, votes)` per entry, indexed by token bits.
+    samples: Mutex<Box<[(Token, u64)]>>,
 }
 
 impl LoadCounters {
@@ -65,6 +108,7 @@ impl LoadCounters {
         LoadCounters {
             segments: map.ring().segment_count(),
             rows: (0..=ROWS).map(|_| OnceLock::new()).collect(),
+            samples: Mutex::new(vec![(0, 0); TRACKED].into_boxed_slice()),
         }
     }
 
@@ -82,18 +126,61 @@ impl LoadCounters {
         row.get_or_init(|| (0..self.segments).map(|_| AtomicU64::new(0)).collect())
     }
 
-    /// Counts one call that landed in `segment`.
+    /// Counts one call for `token`, which landed in `segment`.
     #[inline(always)]
-    pub(crate) fn record(&self, segment: usize) {
-        let thread = thread_number();
-        if thread < ROWS {
-            if let Some(counter) = self.row(thread).and_then(|row| row.get(segment)) {
-                // Only this thread writes this row: load + store is exact.
-                counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            }
-        } else if let Some(counter) = self.row(ROWS).and_then(|row| row.get(segment)) {
-            counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn record(&self, token: Token, segment: usize) {
+        let slot = slot();
+        let count = if slot < ROWS {
+            let Some(counter) = self.row(slot).and_then(|row| row.get(segment)) else {
+                return;
+            };
+            // Only this thread writes this row: load + store is exact.
+            let n = counter.load(Ordering::Relaxed) + 1;
+            counter.store(n, Ordering::Relaxed);
+            n
+        } else {
+            let Some(counter) = self.row(ROWS).and_then(|row| row.get(segment)) else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if count % SAMPLE_EVERY == 0 {
+            self.sample(token);
         }
+    }
+
+    /// Votes for `token` in its entry; a different token there loses a vote
+    /// and yields the entry when it has none left.
+    #[cold]
+    fn sample(&self, token: Token) {
+        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        // Tokens are hashes: their low bits are as good as any.
+        if let Some(entry) = samples.get_mut(token as usize & (TRACKED - 1)) {
+            match entry {
+                (t, votes) if *t == token => *votes += 1,
+                (_, 0) => *entry = (token, 1),
+                (_, votes) => *votes -= 1,
+            }
+        }
+    }
+
+    /// The most sampled tokens with their estimated load (samples ×
+    /// [`SAMPLE_EVERY`], never more than their bucket's exact load).
+    fn hot_tokens(&self, bucket_loads: &[u64]) -> Vec<HotToken> {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut hot: Vec<HotToken> = samples
+            .iter()
+            .filter(|(_, votes)| *votes >= 2)
+            .map(|(token, n)| HotToken {
+                token: *token,
+                load: (n * SAMPLE_EVERY)
+                    .min(bucket_loads.get(bucket_of(*token)).copied().unwrap_or(0)),
+            })
+            .collect();
+        hot.sort_by_key(|h| (std::cmp::Reverse(h.load), h.token));
+        hot.truncate(REPORTED);
+        hot.sort_by_key(|h| h.token);
+        hot
     }
 
     pub(crate) fn report(&self, map: &ShardMap) -> LoadReport {
@@ -111,6 +198,7 @@ impl LoadCounters {
         }
         LoadReport {
             version: LOAD_REPORT_VERSION,
+            unit: LoadUnit::Requests,
             map_version: map.version(),
             buckets: BUCKETS,
             shards: map
@@ -119,8 +207,8 @@ impl LoadCounters {
                 .map(|s| s.name.clone())
                 .zip(shards)
                 .collect(),
+            hot_tokens: self.hot_tokens(&bucket_loads),
             bucket_loads,
-            hot_tokens: Vec::new(),
         }
     }
 }
@@ -133,6 +221,8 @@ impl LoadCounters {
 pub struct LoadReport {
     /// Format version ([`LOAD_REPORT_VERSION`]).
     pub version: u32,
+    /// What the loads count.
+    pub unit: LoadUnit,
     /// Version of the map the load was measured under.
     pub map_version: u64,
     /// Number of equal token buckets ([`BUCKETS`]); bucket `b` starts at
@@ -146,6 +236,18 @@ pub struct LoadReport {
     /// of their bucket's too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hot_tokens: Vec<HotToken>,
+}
+
+/// What a [`LoadReport`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadUnit {
+    /// Routed calls, counted by a router.
+    Requests,
+    /// Rows, counted on the shards.
+    Rows,
+    /// Bytes on disk, estimated per row from each shard's tables.
+    Bytes,
 }
 
 /// One token (one key) with its own load: a viral post.
@@ -179,8 +281,9 @@ mod tests {
                 let (map, counters) = (&map, &counters);
                 s.spawn(move || {
                     for &k in chunk {
-                        let (_, segment) = map.ring().owner_and_segment(map.token(k));
-                        counters.record(segment);
+                        let token = map.token(k);
+                        let (_, segment) = map.ring().owner_and_segment(token);
+                        counters.record(token, segment);
                     }
                 });
             }
@@ -198,5 +301,54 @@ mod tests {
             want_buckets[crate::ring::bucket_of(map.token(*k))] += 1;
         }
         assert_eq!(report.bucket_loads, want_buckets);
+    }
+
+    #[test]
+    fn a_key_carrying_most_calls_is_reported_hot() {
+        let map = ShardMap::from_yaml_str(
+            "version: 1\nhash: {function: pg_hashint8extended, seed: 0}\n\
+             tables: [{name: posts, key: id}]\n\
+             shards: [{name: a, url: 'postgres://h/a'}]\n\
+             ring: [{from: -9223372036854775808, shard: a}]\n",
+        )
+        .unwrap();
+        let counters = LoadCounters::new(&map);
+        let viral = 4_242i64;
+        // 60,000 calls for the viral post among 60,000 spread over 30,000 others.
+        for i in 0..120_000i64 {
+            let key = if i % 2 == 0 { viral } else { i % 30_000 };
+            let token = map.token(key);
+            let (_, segment) = map.ring().owner_and_segment(token);
+            counters.record(token, segment);
+        }
+        let report = counters.report(&map);
+        let hot = report
+            .hot_tokens
+            .iter()
+            .find(|h| h.token == map.token(viral))
+            .expect("the viral key is reported hot");
+        assert!(
+            (45_000..=75_000).contains(&hot.load),
+            "estimated {}",
+            hot.load
+        );
+        assert!(hot.load <= report.bucket_loads[bucket_of(hot.token)]);
+        // Keys with two calls each are not hot.
+        assert!(report
+            .hot_tokens
+            .iter()
+            .all(|h| h.load < 2_000 || h.token == hot.token));
+    }
+
+    #[test]
+    fn slots_of_exited_threads_are_reused() {
+        // Without reuse, 3 × ROWS threads in a row would run past ROWS.
+        for _ in 0..3 * ROWS {
+            let slot = std::thread::spawn(slot).join().unwrap();
+            assert!(
+                slot < ROWS,
+                "slot {slot}: exited threads' slots are not reused"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::connect_failures::ConnectFailures;
 use crate::load::{LoadCounters, LoadReport};
 use crate::map::{Shard, ShardMap};
 use crate::url::ConnUrl;
@@ -43,6 +44,12 @@ pub enum RouterError {
         /// What the driver or pool said.
         detail: String,
     },
+    /// No shard has this index in the map.
+    #[error("no shard #{index} in the map")]
+    UnknownShard {
+        /// The index asked for.
+        index: usize,
+    },
     /// The shard rejected or failed a statement.
     #[error("shard {shard} ({url}): query failed: {detail}")]
     Query {
@@ -69,7 +76,7 @@ impl RouterError {
 
 /// Describes a driver error with the server's message, which the error's own
 /// `Display` leaves out ("db error").
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
         None => {
@@ -101,6 +108,7 @@ pub struct ShardRows {
 pub struct Router {
     map: Arc<ShardMap>,
     pools: Vec<Pool<Manager>>,
+    failures: Vec<ConnectFailures>,
     load: LoadCounters,
 }
 
@@ -108,6 +116,7 @@ impl Router {
     /// Builds one pool per shard without connecting yet.
     pub async fn connect(map: ShardMap) -> Result<Router, RouterError> {
         let mut pools = Vec::with_capacity(map.shards().len());
+        let mut failures = Vec::with_capacity(map.shards().len());
         for shard in map.shards() {
             let mut config: tokio_postgres::Config =
                 shard
@@ -120,18 +129,23 @@ impl Router {
                         source,
                     })?;
             config.connect_timeout(shard.pool.connect_timeout);
+            let failed = ConnectFailures::default();
             let pool = Pool::builder()
                 .max_size(shard.pool.max_size)
                 .connection_timeout(shard.pool.connect_timeout)
-                // Fail fast with the driver's reason instead of retrying until the timeout.
+                // A failed connect is reported (to `failed`) rather than retried,
+                // so `client_of` can fail fast with the driver's reason.
                 .retry_connection(false)
+                .error_sink(Box::new(failed.clone()))
                 .build_unchecked(PostgresConnectionManager::new(config, NoTls));
             pools.push(pool);
+            failures.push(failed);
         }
         Ok(Router {
             load: LoadCounters::new(&map),
             map: Arc::new(map),
             pools,
+            failures,
         })
     }
 
@@ -149,8 +163,9 @@ impl Router {
     /// Index of the shard owning `key`, counting the call.
     #[inline]
     fn route(&self, key: i64) -> usize {
-        let (shard, segment) = self.map.ring().owner_and_segment(self.map.token(key));
-        self.load.record(segment);
+        let token = self.map.token(key);
+        let (shard, segment) = self.map.ring().owner_and_segment(token);
+        self.load.record(token, segment);
         shard
     }
 
@@ -164,27 +179,41 @@ impl Router {
         self.client_of(self.route(key)).await
     }
 
-    /// A pooled connection to shard `index`.
+    /// A pooled connection to shard `index`. When the shard cannot be
+    /// reached, fails as soon as a connection attempt made during the call
+    /// fails, with the driver's reason, rather than after the pool timeout.
     pub async fn client_of(&self, index: usize) -> Result<Client<'_>, RouterError> {
-        let shard = &self.map.shards()[index];
+        let (Some(shard), Some(pool), Some(failures)) = (
+            self.map.shards().get(index),
+            self.pools.get(index),
+            self.failures.get(index),
+        ) else {
+            return Err(RouterError::UnknownShard { index });
+        };
         let connect_error = |detail: String| RouterError::Connect {
             shard: shard.name.clone(),
             url: shard.url.clone(),
             detail,
         };
-        match self.pools[index].get().await {
-            Ok(client) => Ok(client),
-            Err(RunError::User(e)) => Err(connect_error(describe(&e))),
-            Err(RunError::TimedOut) => Err(connect_error(format!(
-                "no connection within {:?}",
-                shard.pool.connect_timeout
-            ))),
+        let since = tokio::time::Instant::now();
+        tokio::select! {
+            got = pool.get() => match got {
+                Ok(client) => Ok(client),
+                Err(RunError::User(e)) => Err(connect_error(describe(&e))),
+                Err(RunError::TimedOut) => Err(connect_error(format!(
+                    "no connection within {:?} (last failure: {failures})",
+                    shard.pool.connect_timeout
+                ))),
+            },
+            detail = failures.after(since) => Err(connect_error(detail)),
         }
     }
 
-    /// A query error on shard `index`, naming the shard.
+    /// A query error on shard `index`, naming the shard and its redacted URL.
     pub fn query_error(&self, index: usize, source: tokio_postgres::Error) -> RouterError {
-        let shard = &self.map.shards()[index];
+        let Some(shard) = self.map.shards().get(index) else {
+            return RouterError::UnknownShard { index };
+        };
         RouterError::Query {
             shard: shard.name.clone(),
             url: shard.url.clone(),

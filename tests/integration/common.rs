@@ -36,19 +36,38 @@ pub fn map_for(
     ring: &[(Token, usize)],
     url: impl Fn(String) -> String,
 ) -> ShardMap {
+    map_with(cluster, seed, ring, |s| RawShard {
+        url: url(s.url.clone()),
+        ..s
+    })
+}
+
+/// [`map_for`] with each shard's entry rewritten by `shard`.
+pub fn map_with(
+    cluster: &Cluster,
+    seed: i64,
+    ring: &[(Token, usize)],
+    shard: impl Fn(RawShard) -> RawShard,
+) -> ShardMap {
     let shards = cluster
         .servers()
         .iter()
         .enumerate()
-        .map(|(i, s)| RawShard::new(&format!("s{i}"), &url(s.url())))
+        .map(|(i, s)| shard(RawShard::new(&format!("s{i}"), &s.url())))
         .collect();
     let tables = vec![
         RawTable::new("posts", "id"),
         RawTable::new("comments", "post_id"),
     ];
     let raw = RawMap::new(1, seed, tables, shards, ring);
-    ShardMap::from_raw(raw, "test", &|_| None).expect("valid test map")
+    let env = |name: &str| (name == TEST_PASSWORD_VAR).then(|| TEST_PASSWORD.to_string());
+    ShardMap::from_raw(raw, "test", &env).expect("valid test map")
 }
+
+/// A variable that test maps resolve to [`TEST_PASSWORD`].
+pub const TEST_PASSWORD_VAR: &str = "POSTSHARD_TEST_PASSWORD";
+/// A password the sandbox servers ignore (trust auth) but that must never be shown.
+pub const TEST_PASSWORD: &str = "hunter2";
 
 /// A small deterministic PRNG (xorshift64*), so tests need no extra crates.
 pub struct Rng(u64);

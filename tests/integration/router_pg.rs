@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use postshard_router::{Router, RouterError, ShardMap};
 use postshard_sandbox::Cluster;
 
-use crate::common::{connect, map_for, runtime, FORUM_SCHEMA};
+use postshard_router::map::raw::{RawPool, RawShard, RawValue};
+
+use crate::common::{connect, map_with, runtime, FORUM_SCHEMA, TEST_PASSWORD, TEST_PASSWORD_VAR};
 
 const SEED: i64 = 7_777;
 const POSTS: i64 = 3_000;
@@ -44,9 +46,18 @@ fn rows_land_on_their_owner_fan_out_sees_all_and_a_dead_shard_fails_alone() {
     for s in cluster.servers() {
         s.psql(FORUM_SCHEMA).expect("schema");
     }
-    // A password the servers ignore (trust auth) but that must never be shown.
-    let map = map_for(&cluster, SEED, &RING, |url| {
-        url.replace("postgres@", "postgres:hunter2@")
+    // A password in the URL (ignored by the servers, never to be shown), and
+    // a connect timeout far beyond the test's patience: a dead shard must be
+    // reported from the refused connection, not from the pool timing out.
+    let map = map_with(&cluster, SEED, &RING, |s| RawShard {
+        url: s
+            .url
+            .replace("postgres@", &format!("postgres:${{{TEST_PASSWORD_VAR}}}@")),
+        pool: Some(RawPool {
+            max_size: None,
+            connect_timeout_ms: Some(RawValue::Int(600_000)),
+        }),
+        ..s
     });
     let rt = runtime();
     rt.block_on(async {
@@ -185,7 +196,7 @@ fn rows_land_on_their_owner_fan_out_sees_all_and_a_dead_shard_fails_alone() {
             "{text}"
         );
         assert!(
-            !text.contains("hunter2") && !format!("{err:?}").contains("hunter2"),
+            !text.contains(TEST_PASSWORD) && !format!("{err:?}").contains(TEST_PASSWORD),
             "{err:?}"
         );
         assert!(matches!(
@@ -209,6 +220,7 @@ fn rows_land_on_their_owner_fan_out_sees_all_and_a_dead_shard_fails_alone() {
             panic!("no connection to s1 may succeed");
         };
         assert!(matches!(err, RouterError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
         assert!(err.to_string().contains("postgres:***@"), "{err}");
     });
 }

@@ -46,6 +46,23 @@ pub struct Table {
     pub key: String,
 }
 
+impl Table {
+    /// The table name quoted for SQL (`"schema"."table"`), safe to splice
+    /// into a statement even when it is a reserved word such as `order`.
+    pub fn sql_name(&self) -> String {
+        self.name
+            .split('.')
+            .map(|part| format!("\"{part}\""))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The key column quoted for SQL.
+    pub fn sql_key(&self) -> String {
+        format!("\"{}\"", self.key)
+    }
+}
+
 /// One shard: a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
