@@ -8,6 +8,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hashring::HashRing;
 use postshard_rebalancer::layout::balanced_arcs;
+use postshard_rebalancer::simulate::jump_consistent_hash;
 use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::{hashint8extended, Router, ShardMap};
 
@@ -27,17 +28,6 @@ fn balanced_map(n: usize) -> ShardMap {
     let tables = vec![RawTable::new("posts", "id")];
     let raw = RawMap::new(1, 0, tables, shards, &balanced_arcs(&vec![1; n]));
     ShardMap::from_raw(raw, "bench", &|_| None).expect("valid map")
-}
-
-/// Jump consistent hash (Lamping & Veach, 2014).
-fn jump(mut key: u64, buckets: i64) -> i64 {
-    let (mut b, mut j) = (-1i64, 0i64);
-    while j < buckets {
-        b = j;
-        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
-    }
-    b
 }
 
 /// Snowflake-like post IDs: what a forum's keys look like.
@@ -93,10 +83,14 @@ fn route(c: &mut Criterion) {
                 })
             },
         );
-        group.bench_with_input(BenchmarkId::new("jump", shards), &shards, |b, &n| {
+        let buckets = u32::try_from(shards).expect("shard count fits u32");
+        group.bench_with_input(BenchmarkId::new("jump", shards), &buckets, |b, &n| {
             b.iter(|| {
                 for &k in &keys {
-                    black_box(jump(hashint8extended(black_box(k), 0) as u64, n as i64));
+                    black_box(jump_consistent_hash(
+                        hashint8extended(black_box(k), 0) as u64,
+                        n,
+                    ));
                 }
             })
         });

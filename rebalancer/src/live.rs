@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use postshard_router::load::LOAD_REPORT_VERSION;
+use postshard_router::map::Table;
 use postshard_router::ring::{BUCKETS, BUCKET_BITS};
-use postshard_router::{HotToken, LoadReport, Router, RouterError, ShardMap, Token};
+use postshard_router::{HotToken, LoadReport, LoadUnit, Router, RouterError, ShardMap, Token};
 use serde::Serialize;
+use tokio_postgres::IsolationLevel;
 
 use crate::skew::Skew;
 
@@ -24,6 +26,34 @@ pub enum Metric {
     Writes,
     /// Rows read by scans and index fetches during the window.
     Reads,
+}
+
+impl Metric {
+    /// The metric's name, as `postshard skew --by` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Rows => "rows",
+            Metric::Bytes => "bytes",
+            Metric::Writes => "writes",
+            Metric::Reads => "reads",
+        }
+    }
+
+    /// The unit of the load report this metric makes; `None` for activity,
+    /// which has no token histogram.
+    pub fn load_unit(self) -> Option<LoadUnit> {
+        match self {
+            Metric::Rows => Some(LoadUnit::Rows),
+            Metric::Bytes => Some(LoadUnit::Bytes),
+            Metric::Writes | Metric::Reads => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Counters of one sharded table on one shard.
@@ -77,6 +107,35 @@ impl ShardStats {
     }
 }
 
+/// Most hot keys a measurement lists per shard.
+pub const MAX_HOT_KEYS: usize = 1000;
+
+/// Why one shard could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    /// No connection, or a statement about no table in particular failed.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// A statement about one sharded table failed, or its answer could not
+    /// be read.
+    #[error("{error} (table {table}, key column {key})")]
+    Table {
+        /// The table, as the map names it.
+        table: String,
+        /// Its key column.
+        key: String,
+        /// What failed, naming the shard and its redacted URL.
+        error: RouterError,
+    },
+}
+
+impl MeasureError {
+    /// Whether the shard could not be connected to at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, MeasureError::Router(RouterError::Connect { .. }))
+    }
+}
+
 /// One shard's measurement, or why it could not be measured.
 #[derive(Debug)]
 pub struct ShardMeasure {
@@ -85,7 +144,7 @@ pub struct ShardMeasure {
     /// Its weight in the map.
     pub weight: u32,
     /// The numbers, or the error (naming the shard and its redacted URL).
-    pub stats: Result<ShardStats, RouterError>,
+    pub stats: Result<ShardStats, MeasureError>,
 }
 
 /// How to measure.
@@ -93,7 +152,7 @@ pub struct ShardMeasure {
 pub struct Options {
     /// Sample activity counters twice this far apart; `None` skips activity.
     pub window: Option<Duration>,
-    /// How many hot keys to keep per shard.
+    /// How many hot keys to keep per shard (at most [`MAX_HOT_KEYS`]).
     pub hot_keys: usize,
 }
 
@@ -115,42 +174,93 @@ pub async fn measure(router: &Router, options: Options) -> Vec<ShardMeasure> {
     .await
 }
 
+/// Turns driver errors on one shard into [`MeasureError`]s.
+#[derive(Clone, Copy)]
+struct Errors<'a> {
+    router: &'a Router,
+    index: usize,
+}
+
+impl Errors<'_> {
+    fn shard(self, e: tokio_postgres::Error) -> MeasureError {
+        MeasureError::Router(self.router.query_error(self.index, e))
+    }
+
+    fn table(self, table: &Table, e: tokio_postgres::Error) -> MeasureError {
+        MeasureError::Table {
+            table: table.name.clone(),
+            key: table.key.clone(),
+            error: self.router.query_error(self.index, e),
+        }
+    }
+}
+
+/// Cumulative activity counters of one table (`pg_stat_user_tables`).
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    writes: i64,
+    reads: i64,
+}
+
+/// Activity counters of every sharded table, in map order.
+async fn activity(
+    client: &tokio_postgres::Client,
+    tables: &[Table],
+    errors: Errors<'_>,
+) -> Result<Vec<Activity>, MeasureError> {
+    const SQL: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8, \
+         coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::int8 \
+         FROM pg_stat_user_tables WHERE relid = $1::text::regclass";
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let fail = |e| errors.table(t, e);
+        let row = client
+            .query_one(SQL, &[&t.sql_name()])
+            .await
+            .map_err(fail)?;
+        out.push(Activity {
+            writes: row.try_get(0).map_err(fail)?,
+            reads: row.try_get(1).map_err(fail)?,
+        });
+    }
+    Ok(out)
+}
+
+/// A count from SQL (never negative) as `u64`.
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
 async fn measure_shard(
     router: &Router,
     index: usize,
     options: Options,
-) -> Result<ShardStats, RouterError> {
+) -> Result<ShardStats, MeasureError> {
     let map = router.map();
-    let client = router.client_of(index).await?;
-    let fail = |e| router.query_error(index, e);
-    let activity = |sql: &'static str| {
-        let client = &client;
-        async move {
-            let mut out = BTreeMap::new();
-            for t in map.tables() {
-                let row = client.query_one(sql, &[&t.name]).await?;
-                out.insert(t.name.clone(), (row.get::<_, i64>(0), row.get::<_, i64>(1)));
-            }
-            Ok::<_, tokio_postgres::Error>(out)
+    let errors = Errors { router, index };
+    let mut client = router.client_of(index).await?;
+    // Activity is sampled outside any transaction: inside one, PostgreSQL
+    // serves the same statistics snapshot twice.
+    let (before, after) = match options.window {
+        Some(window) => {
+            let before = activity(&client, map.tables(), errors).await?;
+            tokio::time::sleep(window).await;
+            (before, activity(&client, map.tables(), errors).await?)
         }
+        None => (Vec::new(), Vec::new()),
     };
-    // Activity counters as of the window's start; the per-table counters of
-    // pg_stat_user_tables are cumulative.
-    const ACTIVITY: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8, \
-         coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::int8 \
-         FROM pg_stat_user_tables WHERE relid = $1::text::regclass";
-    let before = match options.window {
-        Some(_) => Some(activity(ACTIVITY).await.map_err(fail)?),
-        None => None,
-    };
-    if let Some(window) = options.window {
-        tokio::time::sleep(window).await;
-    }
-    let after = match options.window {
-        Some(_) => Some(activity(ACTIVITY).await.map_err(fail)?),
-        None => None,
+    let delta = |i: usize, part: fn(&Activity) -> i64| {
+        Some(count(part(after.get(i)?) - part(before.get(i)?)))
     };
 
+    // One snapshot for every table, so hot keys never outnumber their bucket.
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| errors.shard(e))?;
     let mut stats = ShardStats {
         tables: BTreeMap::new(),
         bucket_rows: vec![0; BUCKETS],
@@ -158,77 +268,72 @@ async fn measure_shard(
     };
     let mut key_rows: BTreeMap<i64, u64> = BTreeMap::new();
     let shift = 64 - BUCKET_BITS;
-    let offset = (BUCKETS / 2) as i64;
-    for t in map.tables() {
-        // Table and key names are validated SQL identifiers: safe to splice.
-        let (table, key) = (&t.name, &t.key);
-        let sizes = client
+    let offset = BUCKETS / 2;
+    let limit = i64::try_from(options.hot_keys.min(MAX_HOT_KEYS)).unwrap_or(0);
+    for (i, t) in map.tables().iter().enumerate() {
+        let fail = |e| errors.table(t, e);
+        // Quoted names are safe to splice, reserved words included; keys of
+        // any integer type are cast to the bigint hashint8extended takes.
+        let (table, key) = (t.sql_name(), t.sql_key());
+        let sizes = tx
             .query_one(
                 &format!(
                     "SELECT count(*), pg_total_relation_size($1::text::regclass) FROM {table}"
                 ),
-                &[table],
+                &[&table],
             )
             .await
             .map_err(fail)?;
-        let delta = |i: usize| {
-            before
-                .as_ref()
-                .zip(after.as_ref())
-                .and_then(|(b, a)| Some(pick(a.get(table)?, i) - pick(b.get(table)?, i)))
-                .map(|d| d.max(0) as u64)
-        };
         stats.tables.insert(
-            table.clone(),
+            t.name.clone(),
             TableStats {
-                rows: sizes.get::<_, i64>(0) as u64,
-                bytes: sizes.get::<_, i64>(1) as u64,
-                writes: delta(0),
-                reads: delta(1),
+                rows: count(sizes.try_get(0).map_err(fail)?),
+                bytes: count(sizes.try_get(1).map_err(fail)?),
+                writes: delta(i, |a| a.writes),
+                reads: delta(i, |a| a.reads),
             },
         );
-        let buckets = client
+        // Rows without a key have no token: no bucket holds them.
+        let buckets = tx
             .query(
                 &format!(
-                    "SELECT (hashint8extended({key}, $1) >> {shift}) + {offset}, count(*) \
-                     FROM {table} GROUP BY 1"
+                    "SELECT (hashint8extended({key}::int8, $1) >> {shift}) + {offset}, count(*) \
+                     FROM {table} WHERE {key} IS NOT NULL GROUP BY 1"
                 ),
                 &[&map.seed()],
             )
             .await
             .map_err(fail)?;
         for row in buckets {
-            let (b, n): (i64, i64) = (row.get(0), row.get(1));
-            if let Some(slot) = stats.bucket_rows.get_mut(b as usize) {
-                *slot += n as u64;
+            let (b, n): (i64, i64) = (row.try_get(0).map_err(fail)?, row.try_get(1).map_err(fail)?);
+            if let Some(slot) = usize::try_from(b)
+                .ok()
+                .and_then(|b| stats.bucket_rows.get_mut(b))
+            {
+                *slot += count(n);
             }
         }
-        if options.hot_keys > 0 {
-            let hot = client
+        if limit > 0 {
+            let hot = tx
                 .query(
                     &format!(
-                        "SELECT {key}, count(*) FROM {table} GROUP BY {key} \
-                         HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT $1"
+                        "SELECT {key}::int8, count(*) FROM {table} WHERE {key} IS NOT NULL \
+                         GROUP BY 1 HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT $1"
                     ),
-                    &[&(options.hot_keys as i64)],
+                    &[&limit],
                 )
                 .await
                 .map_err(fail)?;
             for row in hot {
-                *key_rows.entry(row.get(0)).or_default() += row.get::<_, i64>(1) as u64;
+                let (k, n): (i64, i64) =
+                    (row.try_get(0).map_err(fail)?, row.try_get(1).map_err(fail)?);
+                *key_rows.entry(k).or_default() += count(n);
             }
         }
     }
+    tx.commit().await.map_err(|e| errors.shard(e))?;
     stats.hot_keys = top_keys(map, key_rows, options.hot_keys);
     Ok(stats)
-}
-
-fn pick(pair: &(i64, i64), i: usize) -> i64 {
-    if i == 0 {
-        pair.0
-    } else {
-        pair.1
-    }
 }
 
 fn top_keys(map: &ShardMap, key_rows: BTreeMap<i64, u64>, n: usize) -> Vec<HotKey> {
@@ -260,44 +365,87 @@ pub fn skew_of(measures: &[ShardMeasure], metric: Metric) -> Option<Skew> {
     Skew::of(&loads, Some(&weights))
 }
 
-/// Rows per token bucket, summed over the reachable shards.
-pub fn bucket_rows(measures: &[ShardMeasure]) -> Vec<u64> {
+/// Rows per token bucket, summed over the reachable shards; `None` when no
+/// shard was reachable.
+pub fn bucket_rows(measures: &[ShardMeasure]) -> Option<Vec<u64>> {
+    let mut reached = measures
+        .iter()
+        .filter_map(|m| m.stats.as_ref().ok())
+        .peekable();
+    reached.peek()?;
     let mut total = vec![0u64; BUCKETS];
-    for stats in measures.iter().filter_map(|m| m.stats.as_ref().ok()) {
+    for stats in reached {
         for (t, n) in total.iter_mut().zip(&stats.bucket_rows) {
             *t += n;
         }
     }
-    total
+    Some(total)
+}
+
+/// Why measurements cannot be turned into a load report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadReportError {
+    /// Activity has no token histogram.
+    #[error("{metric} has no token histogram: only rows and bytes make a load report")]
+    NoHistogram {
+        /// The metric asked for.
+        metric: Metric,
+    },
+    /// Some shards were not measured; a report without them would read as idle.
+    #[error("shard(s) {} were not measured; a load report must cover every shard", shards.join(", "))]
+    NotMeasured {
+        /// The shards missing.
+        shards: Vec<String>,
+    },
 }
 
 /// Rows or bytes over the token ring as a load report, the input of
 /// `plan balance`: per bucket, and the hot keys as hot tokens. Bytes are
-/// estimated from rows with each shard's mean row size. `None` for activity
-/// metrics, which have no token histogram.
+/// estimated from rows with each shard's mean row size. Every shard of `map`
+/// must have been measured.
 pub fn load_report(
     map: &ShardMap,
     measures: &[ShardMeasure],
     metric: Metric,
-) -> Option<LoadReport> {
+) -> Result<LoadReport, LoadReportError> {
+    let unit = metric
+        .load_unit()
+        .ok_or(LoadReportError::NoHistogram { metric })?;
+    let measured = |name: &str| {
+        measures
+            .iter()
+            .find(|m| m.shard == name)
+            .and_then(|m| m.stats.as_ref().ok())
+    };
+    let missing: Vec<String> = map
+        .shards()
+        .iter()
+        .filter(|s| measured(&s.name).is_none())
+        .map(|s| s.name.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(LoadReportError::NotMeasured { shards: missing });
+    }
     let mut report = LoadReport {
         version: LOAD_REPORT_VERSION,
+        unit,
         map_version: map.version(),
         buckets: BUCKETS,
         shards: BTreeMap::new(),
         bucket_loads: vec![0; BUCKETS],
         hot_tokens: Vec::new(),
     };
-    for m in measures {
-        let Ok(stats) = &m.stats else { continue };
-        let rows = stats.total(Metric::Rows)?;
-        let per_row = match metric {
-            Metric::Rows => 1.0,
-            Metric::Bytes => stats.total(Metric::Bytes)? as f64 / rows.max(1) as f64,
-            Metric::Writes | Metric::Reads => return None,
+    for shard in map.shards() {
+        let Some(stats) = measured(&shard.name) else {
+            continue;
         };
+        // Rows and bytes are measured on every reachable shard.
+        let rows = stats.total(Metric::Rows).unwrap_or(0);
+        let total = stats.total(metric).unwrap_or(0);
+        let per_row = total as f64 / rows.max(1) as f64;
+        // Rounding is monotonic, so a hot key never outweighs its bucket.
         let scale = |n: u64| (n as f64 * per_row).round() as u64;
-        report.shards.insert(m.shard.clone(), stats.total(metric)?);
+        report.shards.insert(shard.name.clone(), total);
         for (total, n) in report.bucket_loads.iter_mut().zip(&stats.bucket_rows) {
             *total += scale(*n);
         }
@@ -308,7 +456,15 @@ pub fn load_report(
                 load: scale(k.rows),
             }));
     }
+    // A key found on two shards (stray rows) is one token: add its loads.
     report.hot_tokens.sort_by_key(|h| h.token);
-    report.hot_tokens.dedup_by_key(|h| h.token);
-    Some(report)
+    let mut merged: Vec<HotToken> = Vec::with_capacity(report.hot_tokens.len());
+    for h in report.hot_tokens.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.token == h.token => last.load += h.load,
+            _ => merged.push(h),
+        }
+    }
+    report.hot_tokens = merged;
+    Ok(report)
 }

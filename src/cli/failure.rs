@@ -1,6 +1,7 @@
 //! How a command fails: invalid input (exit 2) or a runtime failure (exit 1).
 
 use std::fmt::Display;
+use std::path::Path;
 
 use postshard_router::MapError;
 
@@ -53,4 +54,11 @@ impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
         Failure::Runtime(e.into())
     }
+}
+
+/// Writes `contents` to `path`; a failure names the path (exit 1).
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), Failure> {
+    std::fs::write(path, contents).map_err(|e| {
+        Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
+    })
 }

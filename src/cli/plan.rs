@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use postshard_rebalancer::live::{self, Metric};
+use postshard_rebalancer::plan::load_file::unit_name;
 use postshard_rebalancer::plan::{
-    self, offline_env, BalanceError, LoadFile, Plan, TokenHistogram, Unit, DEFAULT_TARGET,
+    self, offline_env, BalanceError, LoadFile, LoadFileError, Plan, TokenHistogram, DEFAULT_TARGET,
 };
 use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
-use postshard_router::{MapError, ShardMap};
+use postshard_router::{LoadUnit, MapError, ShardMap};
 
+use super::failure::write_file;
 use super::Failure;
 
 /// `postshard plan` subcommands.
@@ -88,7 +90,9 @@ pub struct BalanceArgs {
     #[arg(long, default_value_t = DEFAULT_TARGET)]
     target: f64,
     /// A JSON load file: per-bucket loads over 1,024 equal token buckets and
-    /// optional hot tokens (a router load report, or `postshard skew --save-load`).
+    /// optional hot tokens, counting what --by names (requests: a router load
+    /// report; rows or bytes: `postshard skew --by rows|bytes --save-load`),
+    /// with figures for every shard of the map.
     #[arg(long, value_name = "FILE")]
     load: Option<PathBuf>,
     #[command(flatten)]
@@ -112,6 +116,15 @@ impl By {
             By::Rows => "rows",
             By::Bytes => "bytes",
             By::Load => "load",
+        }
+    }
+
+    /// What a load file must count to balance by this.
+    fn unit(self) -> LoadUnit {
+        match self {
+            By::Rows => LoadUnit::Rows,
+            By::Bytes => LoadUnit::Bytes,
+            By::Load => LoadUnit::Requests,
         }
     }
 }
@@ -168,6 +181,13 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
             "live shards".into(),
         ),
     };
+    file.check_fits(&map, args.by.unit(), &origin)
+        .map_err(|e| match e {
+            LoadFileError::Unit { wanted, .. } => Failure::Invalid(anyhow::Error::new(e).context(
+                format!("--by {by} needs a load file counting {}", unit_name(wanted)),
+            )),
+            e => invalid(e),
+        })?;
     for warning in load_file_warnings(&map, &file, &origin) {
         eprintln!("warning: {warning}");
     }
@@ -178,11 +198,7 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
         }
     })?;
     plan.intent = format!("{} (by {by}, from {origin})", plan.intent);
-    match args.by {
-        By::Rows => plan.estimate(&file.histogram, Unit::Rows),
-        By::Bytes => plan.estimate(&file.histogram, Unit::Bytes),
-        By::Load => {}
-    }
+    plan.estimate(&file.histogram, file.unit);
     finish(
         &map,
         &plan,
@@ -206,8 +222,8 @@ fn measure_live(path: &Path, metric: Metric) -> Result<LoadFile, Failure> {
             "cannot plan from partial counts: {failed}"
         )));
     }
-    let report = live::load_report(&map, &measures, metric)
-        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no {metric:?} measured")))?;
+    let report =
+        live::load_report(&map, &measures, metric).map_err(|e| Failure::Runtime(e.into()))?;
     LoadFile::from_report(report, "live shards").map_err(|e| Failure::Runtime(e.into()))
 }
 
@@ -270,26 +286,55 @@ fn finish(
         .apply_with_env(map, &offline_env)
         .map_err(|e| Failure::Runtime(e.into()))?;
     let summary = summary(map, &after, plan, load);
-    if let Some(path) = &output.emit_map {
-        write(path, &after.to_yaml())?;
+    let yaml = plan.to_yaml();
+    let mut files = Vec::new();
+    if let Some(path) = &output.out {
+        files.push((path.as_path(), yaml.clone()));
     }
-    match &output.out {
-        Some(path) => {
-            write(path, &plan.to_yaml())?;
-            print!("{summary}");
-        }
-        None => {
-            print!("{}", plan.to_yaml());
-            eprint!("{summary}");
-        }
+    if let Some(path) = &output.emit_map {
+        files.push((path.as_path(), after.to_yaml()));
+    }
+    write_together(&files)?;
+    if output.out.is_some() {
+        print!("{summary}");
+    } else {
+        print!("{yaml}");
+        eprint!("{summary}");
     }
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), Failure> {
-    std::fs::write(path, text).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
-    })
+/// Writes each file next to its path first and renames them into place only
+/// once all are written, so a failure leaves none of them new.
+fn write_together(files: &[(&Path, String)]) -> Result<(), Failure> {
+    let staged: Vec<PathBuf> = files
+        .iter()
+        .map(|(path, _)| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            path.with_file_name(format!("{name}.{}.tmp", std::process::id()))
+        })
+        .collect();
+    let written = files
+        .iter()
+        .zip(&staged)
+        .try_for_each(|((_, text), temp)| write_file(temp, text));
+    let moved = written.and_then(|()| {
+        files.iter().zip(&staged).try_for_each(|((path, _), temp)| {
+            std::fs::rename(temp, path).map_err(|e| {
+                Failure::Runtime(anyhow::Error::new(e).context(format!(
+                    "moving {} to {}",
+                    temp.display(),
+                    path.display()
+                )))
+            })
+        })
+    });
+    if moved.is_err() {
+        for temp in &staged {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+    moved
 }
 
 /// Moved share, and each shard's weight and share of tokens (and load)

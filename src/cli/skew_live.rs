@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postshard_rebalancer::live::{self, Metric, ShardMeasure};
+use postshard_rebalancer::live::{self, Metric, ShardMeasure, ShardStats, MAX_HOT_KEYS};
 use postshard_router::ring::BUCKETS;
-use postshard_router::{Router, RouterError, ShardMap};
+use postshard_router::{Router, ShardMap};
 use serde_json::{json, Value};
 
+use super::failure::write_file;
 use super::Failure;
 
 /// Arguments of live `postshard skew`.
@@ -24,14 +25,16 @@ pub struct Args {
     /// `--by writes|reads`; default 5 for those).
     #[arg(long, value_name = "SECS")]
     window: Option<f64>,
-    /// Keys with the most rows to list per shard.
-    #[arg(long, default_value_t = 5)]
-    hot_keys: usize,
+    /// Keys with the most rows to list per shard, 0 to 1000.
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(0..=MAX_HOT_KEYS as i64))]
+    hot_keys: u16,
     /// One JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Save rows per token bucket as a load file for
-    /// `postshard plan balance --by rows --load FILE`.
+    /// Save rows (or with `--by bytes`, bytes) per token bucket as a load
+    /// file for `postshard plan balance --by rows|bytes --load FILE`; not
+    /// written unless every shard was measured.
     #[arg(long, value_name = "FILE")]
     save_load: Option<PathBuf>,
 }
@@ -70,9 +73,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
         (None, Metric::Writes | Metric::Reads) => Some(Duration::from_secs(5)),
         (None, _) => None,
     };
+    if args.save_load.is_some() && metric.load_unit().is_none() {
+        return Err(Failure::invalid(format!(
+            "--save-load needs --by rows or --by bytes: {metric} have no token histogram"
+        )));
+    }
     let options = live::Options {
         window,
-        hot_keys: args.hot_keys,
+        hot_keys: usize::from(args.hot_keys),
     };
     let measures = measure(&map, options)?;
     let report = report_json(&map, &measures, metric, window);
@@ -81,25 +89,28 @@ pub fn run(args: Args) -> Result<(), Failure> {
     } else {
         print!("{}", report_text(&report));
     }
-    if let Some(path) = &args.save_load {
-        let load = live::load_report(&map, &measures, Metric::Rows)
-            .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("no rows measured")))?;
-        let text = serde_json::to_string(&load).map_err(|e| Failure::Runtime(e.into()))?;
-        std::fs::write(path, text).map_err(|e| {
-            Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
-        })?;
-    }
-    let unreachable: Vec<&str> = measures
+    let unmeasured: Vec<&str> = measures
         .iter()
         .filter(|m| m.stats.is_err())
         .map(|m| m.shard.as_str())
         .collect();
-    if unreachable.is_empty() {
+    let mut not_saved = String::new();
+    if let Some(path) = &args.save_load {
+        match live::load_report(&map, &measures, metric) {
+            Ok(load) => {
+                let text = serde_json::to_string(&load).map_err(|e| Failure::Runtime(e.into()))?;
+                write_file(path, text)?;
+            }
+            Err(e) if unmeasured.is_empty() => return Err(Failure::Runtime(e.into())),
+            Err(_) => not_saved = format!(", so {} was not written", path.display()),
+        }
+    }
+    if unmeasured.is_empty() {
         Ok(())
     } else {
         Err(Failure::Runtime(anyhow::anyhow!(
-            "could not measure shard(s) {}; the figures above leave them out",
-            unreachable.join(", ")
+            "could not measure shard(s) {}; the figures above leave them out{not_saved}",
+            unmeasured.join(", ")
         )))
     }
 }
@@ -127,14 +138,18 @@ fn report_json(
     metric: Metric,
     window: Option<Duration>,
 ) -> Value {
+    let measured: Vec<&ShardStats> = measures
+        .iter()
+        .filter_map(|m| m.stats.as_ref().ok())
+        .collect();
+    // Nothing measured is no total, not a total of 0.
     let total_of = |m: Metric| -> Option<u64> {
-        measures
-            .iter()
-            .filter_map(|s| s.stats.as_ref().ok())
-            .map(|s| s.total(m))
-            .sum()
+        if measured.is_empty() {
+            return None;
+        }
+        measured.iter().map(|s| s.total(m)).sum()
     };
-    let grand = total_of(metric).unwrap_or(0);
+    let grand = total_of(metric).filter(|t| *t > 0);
     let shards: Vec<Value> = measures
         .iter()
         .map(|m| match &m.stats {
@@ -146,14 +161,14 @@ fn report_json(
                 "bytes": stats.total(Metric::Bytes),
                 "writes": stats.total(Metric::Writes),
                 "reads": stats.total(Metric::Reads),
-                "share": stats.total(metric).filter(|_| grand > 0).map(|v| v as f64 / grand as f64),
+                "share": stats.total(metric).zip(grand).map(|(v, g)| v as f64 / g as f64),
                 "tables": stats.tables,
                 "hot_keys": stats.hot_keys,
             }),
             Err(e) => json!({
                 "name": m.shard,
                 "weight": m.weight,
-                "status": if matches!(e, RouterError::Connect { .. }) { "unreachable" } else { "failed" },
+                "status": if e.is_unreachable() { "unreachable" } else { "failed" },
                 "error": e.to_string(),
             }),
         })
@@ -187,6 +202,10 @@ fn report_json(
 /// The JSON report as a table.
 fn report_text(report: &Value) -> String {
     let num = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    let percent = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
+    };
     let mut out = format!(
         "{:<12} {:>12} {:>14} {:>10} {:>10} {:>8}\n",
         "shard", "rows", "bytes", "writes", "reads", "share"
@@ -195,13 +214,13 @@ fn report_text(report: &Value) -> String {
         let name = s["name"].as_str().unwrap_or("?");
         if s["status"] == "ok" {
             out.push_str(&format!(
-                "{:<12} {:>12} {:>14} {:>10} {:>10} {:>7.2}%\n",
+                "{:<12} {:>12} {:>14} {:>10} {:>10} {:>8}\n",
                 name,
                 num(&s["rows"]),
                 num(&s["bytes"]),
                 num(&s["writes"]),
                 num(&s["reads"]),
-                s["share"].as_f64().unwrap_or(0.0) * 100.0
+                percent(&s["share"])
             ));
         } else {
             out.push_str(&format!(

@@ -12,6 +12,7 @@ use postshard_rebalancer::simulate::{
 use postshard_router::map::MAX_SHARDS;
 use serde_json::{json, Value};
 
+use super::failure::write_file;
 use super::Failure;
 
 /// Arguments of `postshard skew simulate`.
@@ -115,13 +116,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .collect::<Result<Vec<Outcome>, SimulateError>>()
         .map_err(failure)?;
     if let Some(path) = &args.plot {
-        std::fs::write(
+        write_file(
             path,
             plot::svg(&title(&workload, shards, change), &outcomes),
-        )
-        .map_err(|e| {
-            Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
-        })?;
+        )?;
     }
     let report = if args.json {
         let objects: Vec<Value> = outcomes.iter().map(|o| to_json(&workload, o)).collect();

@@ -6,5 +6,6 @@ mod common;
 mod hash_pg;
 mod plan_cli;
 mod router_pg;
+mod skew_activity;
 mod skew_live;
 mod skew_simulate;

@@ -69,14 +69,29 @@ fn code(out: &Output) -> Option<i32> {
     out.status.code()
 }
 
-/// A load file with `loads` over 1,024 buckets and optional hot tokens.
-fn load_file(loads: impl Fn(usize) -> u64, hot: &str) -> String {
+/// A load file counting `unit` with `loads` over 1,024 buckets, figures for
+/// every shard of [`MAP`] and optional hot tokens.
+fn load_file(unit: &str, loads: impl Fn(usize) -> u64, hot: &str) -> String {
     let buckets: Vec<String> = (0..1024).map(|b| loads(b).to_string()).collect();
     format!(
-        "{{\"version\": 1, \"map_version\": 1, \"buckets\": 1024, \"shards\": {{\"s0\": 1}}, \
-         \"bucket_loads\": [{}]{hot}}}",
+        "{{\"version\": 1, \"unit\": \"{unit}\", \"map_version\": 3, \"buckets\": 1024, \
+         \"shards\": {{\"s0\": 1, \"s1\": 1, \"s2\": 1, \"s3\": 1}}, \"bucket_loads\": [{}]{hot}}}",
         buckets.join(", ")
     )
+}
+
+/// The load [`load_file`] puts in [from, to), loads spread evenly over each
+/// bucket of 2^54 tokens.
+fn load_between(loads: impl Fn(usize) -> u64, from: i64, to: i128) -> f64 {
+    let offset = |t: i128| t - i128::from(i64::MIN);
+    let (start, end) = (offset(i128::from(from)), offset(to));
+    (0..1024i128)
+        .map(|b| {
+            let (lo, hi) = (b << 54, (b + 1) << 54);
+            let overlap = (end.min(hi) - start.max(lo)).max(0);
+            loads(b as usize) as f64 * overlap as f64 / (1u64 << 54) as f64
+        })
+        .sum()
 }
 
 fn check(dir: &Dir, map: &Path) -> Output {
@@ -152,10 +167,8 @@ fn plans_write_files_and_emit_maps_that_pass_check() {
 fn balance_by_rows_records_estimates() {
     let dir = Dir::new();
     // The last 64 buckets (all in s3's arc) carry 20 times the rest.
-    let load = dir.write(
-        "rows.json",
-        &load_file(|b| if b >= 960 { 200 } else { 10 }, ""),
-    );
+    let loads = |b: usize| if b >= 960 { 200 } else { 10 };
+    let load = dir.write("rows.json", &load_file("rows", loads, ""));
     let out = dir.run(&[
         "plan",
         "balance",
@@ -169,10 +182,20 @@ fn balance_by_rows_records_estimates() {
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let plan = Plan::from_yaml_str(&text(&out.stdout)).expect("plan");
     assert!(!plan.moves.is_empty());
-    assert!(plan
-        .moves
-        .iter()
-        .all(|m| m.source == "s3" && m.rows.is_some()));
+    for m in &plan.moves {
+        assert_eq!(m.source, "s3", "{m:?}");
+        let want = load_between(loads, m.from, m.to).round() as u64;
+        assert_eq!(m.rows, Some(want), "{m:?}");
+        assert_eq!(m.bytes, None, "{m:?}");
+    }
+    // s3 sheds what lies above 1.05 times the mean.
+    let total = 960.0 * 10.0 + 64.0 * 200.0;
+    let s3 = load_between(loads, 1 << 62, 1 << 63);
+    let moved: u64 = plan.moves.iter().filter_map(|m| m.rows).sum();
+    assert!(
+        (moved as f64 - (s3 - 1.05 * total / 4.0)).abs() <= plan.moves.len() as f64,
+        "moved {moved} rows"
+    );
     assert!(plan.intent.contains("by rows"), "{}", plan.intent);
     let summary = text(&out.stderr);
     assert!(summary.contains("-> 1.0500 (target 1.05)"), "{summary}");
@@ -182,10 +205,17 @@ fn balance_by_rows_records_estimates() {
 #[test]
 fn invalid_input_exits_2_without_writing_the_plan() {
     let dir = Dir::new();
-    let rows = dir.write("rows.json", &load_file(|_| 5, ""));
+    let rows = dir.write("rows.json", &load_file("rows", |_| 5, ""));
+    let requests = dir.write("requests.json", &load_file("requests", |_| 5, ""));
+    let partial = dir.write(
+        "partial.json",
+        &load_file("requests", |_| 5, "").replace("\"s2\": 1, \"s3\": 1", "\"s9\": 1"),
+    );
     let broken = dir.write("broken.json", "{\"version\": 1,\n \"buckets\": 2}");
     let bad_map = dir.write("bad.yaml", "version: 1\n");
     let rows = rows.display().to_string();
+    let requests = requests.display().to_string();
+    let partial = partial.display().to_string();
     let broken = broken.display().to_string();
     let bad_map = bad_map.display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -236,9 +266,25 @@ fn invalid_input_exits_2_without_writing_the_plan() {
         ),
         (
             vec![
-                "balance", "--by", "load", "--load", &rows, "--target", "0.9",
+                "balance", "--by", "load", "--load", &requests, "--target", "0.9",
             ],
             "at least 1",
+        ),
+        (
+            vec!["balance", "--by", "load", "--load", &rows],
+            "--by load needs a load file counting requests: ",
+        ),
+        (
+            vec!["balance", "--by", "rows", "--load", &requests],
+            "counts requests, not rows",
+        ),
+        (
+            vec!["balance", "--by", "bytes", "--load", &rows],
+            "--by bytes needs a load file counting bytes",
+        ),
+        (
+            vec!["balance", "--by", "load", "--load", &partial],
+            "has no figures for shard(s) s2, s3 of the map",
         ),
         (
             vec!["balance", "--by", "load", "--target", "2"],
@@ -271,6 +317,7 @@ fn runtime_failures_exit_1() {
     let hot = dir.write(
         "hot.json",
         &load_file(
+            "requests",
             |b| if b == 734 { 5000 } else { 1 },
             ", \"hot_tokens\": [{\"token\": 4000000000000000000, \"load\": 4900}]",
         ),
@@ -306,4 +353,51 @@ fn runtime_failures_exit_1() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_failed_write_leaves_neither_file() {
+    let dir = Dir::new();
+    for (out, emit) in [
+        ("plan.yaml", "no/such/dir/next.yaml"),
+        ("no/such/dir/plan.yaml", "next.yaml"),
+    ] {
+        let result = dir.run(&[
+            "plan",
+            "remove-shard",
+            "s1",
+            "--out",
+            out,
+            "--emit-map",
+            emit,
+        ]);
+        assert_eq!(code(&result), Some(1), "{}", text(&result.stderr));
+        assert!(
+            text(&result.stderr).contains("no/such/dir/"),
+            "{}",
+            text(&result.stderr)
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.0.path())
+            .expect("list dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["shardmap.yaml"], "{out}, {emit}");
+    }
+    // Both written: the plan and the map after it, nothing else.
+    let result = dir.run(&[
+        "plan",
+        "remove-shard",
+        "s1",
+        "--out",
+        "plan.yaml",
+        "--emit-map",
+        "next.yaml",
+    ]);
+    assert_eq!(code(&result), Some(0), "{}", text(&result.stderr));
+    let mut left: Vec<String> = std::fs::read_dir(dir.0.path())
+        .expect("list dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["next.yaml", "plan.yaml", "shardmap.yaml"]);
 }

@@ -290,9 +290,9 @@ impl Context<'_> {
     }
 
     /// The pieces each shedding shard gives away, sorted by start: first its
-    /// hot tokens too heavy to keep under its cap, then its most loaded runs
-    /// between them whole while they fit, else a piece cut from an end of
-    /// the run, as near the rest of its excess as hot tokens allow.
+    /// hot tokens too heavy to keep under its cap, then, most loaded first,
+    /// its other hot tokens and the runs between hot tokens whole while they
+    /// fit, else a piece cut from an end of a run.
     fn carve(&self, state: &State, shed: &[f64], need: &[f64]) -> Vec<Span> {
         let receives = |o: Option<usize>| o.is_some_and(|o| need.get(o).is_some_and(|n| *n > 0.0));
         let mut pieces = Vec::new();
@@ -308,22 +308,27 @@ impl Context<'_> {
             let mut runs = Vec::new();
             for s in &owned[giver] {
                 let mut from = s.from;
+                // Runs stop at every hot token, so that a cut never has to
+                // take or leave a hot token to shed the right amount.
                 for h in self.histogram.hot_in(s.from, s.to) {
+                    let token = i128::from(h.token);
+                    runs.push(Span {
+                        from,
+                        to: token,
+                        ..*s
+                    });
+                    let single = Span {
+                        from: token,
+                        to: token + 1,
+                        ..*s
+                    };
                     if h.load as f64 > cap {
-                        let token = i128::from(h.token);
-                        runs.push(Span {
-                            from,
-                            to: token,
-                            ..*s
-                        });
-                        pieces.push(Span {
-                            from: token,
-                            to: token + 1,
-                            ..*s
-                        });
+                        pieces.push(single);
                         remaining -= h.load as f64;
-                        from = token + 1;
+                    } else {
+                        runs.push(single);
                     }
+                    from = token + 1;
                 }
                 runs.push(Span { from, ..*s });
             }
@@ -340,6 +345,10 @@ impl Context<'_> {
                 if load <= remaining + self.tolerance {
                     remaining -= load;
                     pieces.push(run);
+                    continue;
+                }
+                if run.to - run.from == 1 {
+                    // A hot token heavier than what is left to shed stays.
                     continue;
                 }
                 // Cuts from either end shedding just over or just under

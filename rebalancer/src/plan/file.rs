@@ -4,10 +4,12 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use postshard_router::Token;
+use postshard_router::{LoadUnit, Token};
 use serde::Deserialize;
 
 use super::histogram::TokenHistogram;
+use super::moves::tokens_between;
+use super::without_location;
 
 /// A rebalance plan: the shards after it and the token ranges that change
 /// owner, made for one version of the map.
@@ -59,15 +61,6 @@ pub struct PlannedMove {
     pub bytes: Option<u64>,
 }
 
-/// What a load histogram counts, for [`Plan::estimate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    /// Rows.
-    Rows,
-    /// Bytes.
-    Bytes,
-}
-
 /// Why a plan file cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanFileError {
@@ -80,7 +73,7 @@ pub enum PlanFileError {
         source: std::io::Error,
     },
     /// The YAML is malformed or has unknown, missing or mistyped fields.
-    #[error("{origin}:{}{message}", location.map_or(String::new(), |(l, c)| format!("{l}:{c}: ")))]
+    #[error("{origin}:{} {message}", location.map_or(String::new(), |(l, c)| format!("{l}:{c}:")))]
     Parse {
         /// The file path, or `<string>` for text from memory.
         origin: String,
@@ -108,18 +101,13 @@ impl Plan {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Plan, PlanFileError> {
-        serde_yaml::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            // serde_yaml appends " at line L column C"; the location is reported apart.
-            let message = match message.rfind(" at line ") {
-                Some(cut) if e.location().is_some() => message[..cut].to_string(),
-                _ => message,
-            };
-            PlanFileError::Parse {
-                origin: origin.to_string(),
-                location: e.location().map(|l| (l.line(), l.column())),
-                message,
-            }
+        serde_yaml::from_str(text).map_err(|e| PlanFileError::Parse {
+            origin: origin.to_string(),
+            location: e.location().map(|l| (l.line(), l.column())),
+            message: match e.location() {
+                Some(_) => without_location(&e.to_string()).to_string(),
+                None => e.to_string(),
+            },
         })
     }
 
@@ -168,32 +156,67 @@ impl Plan {
 
     /// Total number of tokens the plan moves.
     pub fn moved_tokens(&self) -> u128 {
-        self.moves
-            .iter()
-            .map(|m| u128::try_from(m.to - i128::from(m.from)).unwrap_or(0))
-            .sum()
+        self.moves.iter().map(PlannedMove::tokens).sum()
     }
 
-    /// Records on each move the rows or bytes `histogram` predicts it moves.
-    pub fn estimate(&mut self, histogram: &TokenHistogram, unit: Unit) {
+    /// Records on each move the rows or bytes `histogram` (counting `unit`)
+    /// predicts it moves; requests are not recorded.
+    pub fn estimate(&mut self, histogram: &TokenHistogram, unit: LoadUnit) {
         for m in &mut self.moves {
             let amount = Some(histogram.load_between(i128::from(m.from), m.to).round() as u64);
             match unit {
-                Unit::Rows => m.rows = amount,
-                Unit::Bytes => m.bytes = amount,
+                LoadUnit::Rows => m.rows = amount,
+                LoadUnit::Bytes => m.bytes = amount,
+                LoadUnit::Requests => {}
             }
         }
     }
 }
 
-/// A string as a YAML scalar, quoted when YAML needs it (always inside flow
-/// mappings, whose `{`, `}` and `,` a plain scalar may not hold).
-fn scalar(s: &str) -> String {
-    let plain = serde_yaml::to_string(s).map(|y| y.trim_end().to_string());
-    match plain {
-        Ok(y) if !y.contains(['{', '}', ',', '[', ']', '\n']) => y,
-        _ => format!("{s:?}"),
+impl PlannedMove {
+    /// Number of tokens moved (0 for an empty or reversed range).
+    pub fn tokens(&self) -> u128 {
+        tokens_between(self.from, self.to)
     }
+}
+
+/// A string as a YAML scalar that reads back as the same string anywhere,
+/// flow mappings included: plain when made of letters, digits and `-_./@`
+/// only and not read as another type (`true`, `1.5`, `null`), else
+/// double-quoted with every character YAML could misread escaped.
+fn scalar(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./@".contains(c);
+    let reads_back = || {
+        serde_yaml::from_str::<serde_yaml::Value>(s).ok()
+            == Some(serde_yaml::Value::String(s.to_string()))
+    };
+    if !s.is_empty() && s.chars().all(safe) && reads_back() {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            // Controls, DEL, C1 controls (NEL among them), the line and
+            // paragraph separators, the byte order mark and non-characters.
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -267,6 +290,54 @@ mod tests {
     }
 
     #[test]
+    fn errors_without_a_location_keep_the_separator() {
+        let yaml = format!("{}---\nmore: 1\n", sample().to_yaml());
+        let e = Plan::from_yaml_str(&yaml).unwrap_err();
+        assert!(
+            matches!(&e, PlanFileError::Parse { location: None, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("<string>: ")
+                && e.to_string().contains("more than one document"),
+            "{e}"
+        );
+        let e = Plan::from_yaml_str("base_version: 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "<string>:1:1: missing field `intent`");
+    }
+
+    #[test]
+    fn odd_names_and_intents_round_trip() {
+        let mut plan = sample();
+        for (i, name) in [
+            "a,b", "}{", "x: y", "#c", "true", "1.5", "", "-", "@at", "q\"'\\",
+        ]
+        .iter()
+        .enumerate()
+        {
+            plan.shards[0].name = name.to_string();
+            plan.moves[0].source = name.to_string();
+            plan.moves[1].target = format!("{name}\n\u{85}\u{2028}\t{i}");
+            plan.intent = format!("{name} # not a comment");
+            let yaml = plan.to_yaml();
+            assert_eq!(Plan::from_yaml_str(&yaml).unwrap(), plan, "{yaml}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scalars_read_back_in_block_and_flow_context(s in "\\PC*|[ -~]*|[a-z0-9 ,:#{}\\[\\]'\"!&*|>%@./_-]{0,6}|[\\x00-\\x7f\\u{80}-\\u{a0}\\u{2028}\\u{feff}]*") {
+            for yaml in [format!("k: {}", scalar(&s)), format!("- {{ k: {}, l: 1 }}", scalar(&s))] {
+                let value: serde_yaml::Value = serde_yaml::from_str(&yaml).map_err(|e| {
+                    proptest::test_runner::TestCaseError::fail(format!("{yaml}: {e}"))
+                })?;
+                let got = value.get("k").or_else(|| value.get(0).and_then(|v| v.get("k")));
+                proptest::prop_assert_eq!(got.and_then(|v| v.as_str()), Some(s.as_str()), "{}", yaml);
+            }
+        }
+    }
+
+    #[test]
     fn counts_moved_tokens_and_estimates_rows() {
         let mut plan = sample();
         assert_eq!(
@@ -274,7 +345,7 @@ mod tests {
             ((1u128 << 63) - 5) + ((1u128 << 63) - 100)
         );
         let histogram = TokenHistogram::equal_buckets(&[10, 30], &[]).unwrap();
-        plan.estimate(&histogram, Unit::Bytes);
+        plan.estimate(&histogram, LoadUnit::Bytes);
         assert_eq!(plan.moves[0].bytes, Some(10));
         assert_eq!(plan.moves[1].bytes, Some(30));
         assert_eq!(plan.moves[0].rows, Some(12));

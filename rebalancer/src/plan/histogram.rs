@@ -35,6 +35,24 @@ pub enum HistogramError {
         /// The token.
         token: Token,
     },
+    /// A hot token's load exceeds what its bucket holds (bucket loads
+    /// include their hot tokens' loads).
+    #[error(
+        "hot token {token} has load {load}, but its bucket {bucket} (from token {start}) \
+         holds only {available} besides the hot tokens before it"
+    )]
+    HotTokenExceedsBucket {
+        /// The token.
+        token: Token,
+        /// Its load.
+        load: u64,
+        /// The bucket's position.
+        bucket: usize,
+        /// The bucket's first token.
+        start: Token,
+        /// The bucket's load less the loads of earlier hot tokens in it.
+        available: u64,
+    },
 }
 
 /// Load per token bucket over the whole ring, assumed uniform within a
@@ -81,16 +99,27 @@ impl TokenHistogram {
                 token: pair[0].token,
             });
         }
-        let starts: Vec<i128> = buckets.iter().map(|b| i128::from(b.0)).collect();
-        let mut spread: Vec<f64> = buckets.iter().map(|b| b.1 as f64).collect();
+        let mut left: Vec<u64> = buckets.iter().map(|b| b.1).collect();
         for h in &hot {
-            let k = starts
-                .partition_point(|s| *s <= i128::from(h.token))
+            // The first bucket starts at i64::MIN, so every token has one.
+            let k = buckets
+                .partition_point(|b| b.0 <= h.token)
                 .saturating_sub(1);
-            if let Some(load) = spread.get_mut(k) {
-                *load = (*load - h.load as f64).max(0.0);
+            if let (Some(available), Some(bucket)) = (left.get_mut(k), buckets.get(k)) {
+                let Some(rest) = available.checked_sub(h.load) else {
+                    return Err(HistogramError::HotTokenExceedsBucket {
+                        token: h.token,
+                        load: h.load,
+                        bucket: k,
+                        start: bucket.0,
+                        available: *available,
+                    });
+                };
+                *available = rest;
             }
         }
+        let starts: Vec<i128> = buckets.iter().map(|b| i128::from(b.0)).collect();
+        let spread: Vec<f64> = left.iter().map(|load| *load as f64).collect();
         let mut cumulative = Vec::with_capacity(spread.len() + 1);
         let mut sum = 0.0;
         cumulative.push(sum);
@@ -222,6 +251,32 @@ mod tests {
         assert_eq!(
             TokenHistogram::new(&[(i64::MIN, 1)], &[hot(3), hot(3)]),
             Err(HistogramError::DuplicateHotToken { token: 3 })
+        );
+    }
+
+    #[test]
+    fn hot_tokens_heavier_than_their_bucket_are_refused() {
+        let hot = |token, load| HotToken { token, load };
+        // Bucket 1 (from token 0) holds 10: 4 + 6 fit exactly, 4 + 7 do not.
+        let buckets = [(i64::MIN, 100), (0, 10)];
+        let fits = TokenHistogram::new(&buckets, &[hot(5, 4), hot(9, 6)]).unwrap();
+        assert_eq!(fits.total(), 110.0);
+        assert!((fits.load_between(0, 1 << 63) - 10.0).abs() < 1e-9);
+        assert_eq!(
+            TokenHistogram::new(&buckets, &[hot(9, 7), hot(5, 4)]),
+            Err(HistogramError::HotTokenExceedsBucket {
+                token: 9,
+                load: 7,
+                bucket: 1,
+                start: 0,
+                available: 6
+            })
+        );
+        let e = TokenHistogram::new(&buckets, &[hot(-3, 101)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hot token -3 has load 101, but its bucket 0 (from token -9223372036854775808) \
+             holds only 100 besides the hot tokens before it"
         );
     }
 }

@@ -22,11 +22,26 @@ pub mod moves;
 
 pub use apply::{offline_env, ApplyError};
 pub use balance::{balance, BalanceError, DEFAULT_TARGET};
-pub use file::{Plan, PlanFileError, PlanShard, PlannedMove, Unit};
+pub use file::{Plan, PlanFileError, PlanShard, PlannedMove};
 pub use histogram::{HistogramError, HotToken, TokenHistogram};
 pub use intent::{add_shard, remove_shard, reweight, IntentError};
 pub use load_file::{LoadFile, LoadFileError};
-pub use moves::{apply_moves, arcs_of, moved_tokens, moves_between, moves_to_targets, Move};
+pub use moves::{
+    apply_moves, arcs_of, moved_tokens, moves_between, moves_to_targets, tokens_between, Move,
+};
+
+/// A parser's message without the " at line L column C" that serde_json and
+/// serde_yaml append; callers report the location apart.
+pub(crate) fn without_location(message: &str) -> &str {
+    let Some(cut) = message.rfind(" at line ") else {
+        return message;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match message[cut + " at line ".len()..].split_once(" column ") {
+        Some((line, column)) if digits(line) && digits(column) => &message[..cut],
+        _ => message,
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -33,8 +33,13 @@ pub struct Move {
 impl Move {
     /// Number of tokens moved (0 for an empty or reversed range).
     pub fn tokens(&self) -> u128 {
-        u128::try_from(self.to - i128::from(self.from)).unwrap_or(0)
+        tokens_between(self.from, self.to)
     }
+}
+
+/// Number of tokens in [from, to) (0 for an empty or reversed range).
+pub fn tokens_between(from: Token, to: i128) -> u128 {
+    u128::try_from(to - i128::from(from)).unwrap_or(0)
 }
 
 /// Total number of tokens `moves` change owner of.

@@ -380,7 +380,7 @@ fn a_real_plan_round_trips_through_its_file() {
     let mut plan = add_shard(&map, "new", "host=db9 dbname=posts password=${PW}", 2).unwrap();
     plan.estimate(
         &TokenHistogram::equal_buckets(&[5; 16], &[]).unwrap(),
-        Unit::Rows,
+        postshard_router::LoadUnit::Rows,
     );
     let yaml = plan.to_yaml();
     assert_eq!(Plan::from_yaml_str(&yaml).unwrap(), plan);
@@ -533,7 +533,7 @@ proptest! {
     #[test]
     fn balance_reaches_the_target_with_a_valid_ring(
         map in random_map(),
-        loads in proptest::collection::vec(0u64..1000, 1..64),
+        mut loads in proptest::collection::vec(0u64..1000, 1..64),
         hot in proptest::collection::vec((any::<i64>(), 1u64..300), 0..3),
         target in 1.0f64..1.5,
     ) {
@@ -541,6 +541,12 @@ proptest! {
         let mut hot_sorted = hot.clone();
         hot_sorted.sort_by_key(|h| h.token);
         hot_sorted.dedup_by_key(|h| h.token);
+        // A bucket's load includes its hot tokens' loads.
+        let n = loads.len() as u128;
+        let starts: Vec<i128> = (0..n).map(|b| i128::from(i64::MIN) + (TOKEN_SPACE * b / n) as i128).collect();
+        for h in &hot_sorted {
+            loads[starts.partition_point(|s| *s <= i128::from(h.token)) - 1] += h.load;
+        }
         let histogram = TokenHistogram::equal_buckets(&loads, &hot_sorted).unwrap();
         match balance(&map, &histogram, target) {
             Ok(plan) => {
@@ -570,4 +576,24 @@ proptest! {
             Err(e) => prop_assert!(false, "{}", e),
         }
     }
+}
+
+#[test]
+fn a_shard_sheds_from_both_sides_of_a_hot_token_it_keeps() {
+    // s1 holds 150 on each side of a hot token of 400 in the middle of its
+    // arc and must shed 210 to reach 1.05: more than either side holds.
+    let map = balanced(&[1, 1, 1]);
+    let hot = [HotToken {
+        token: 0,
+        load: 400,
+    }];
+    let histogram = TokenHistogram::equal_buckets(&[300, 300, 150, 550, 50, 50], &hot).unwrap();
+    let plan = balance(&map, &histogram, 1.05).unwrap();
+    let after = plan.apply_with_env(&map, &offline_env).unwrap();
+    assert!(
+        within(predicted(&after, &histogram), 1.05),
+        "{}",
+        plan.intent
+    );
+    assert_eq!(after.ring().owner(0), 1, "the hot token stays");
 }
