@@ -8,11 +8,12 @@
 //! alive at once share one row through `fetch_add`. Either way every call is
 //! counted exactly, and a report sums all rows. A counter is kept per ring
 //! segment (the part of an arc inside one bucket), so one increment yields
-//! exact counts per shard and per bucket. A thread's first call through a
-//! router allocates that thread's row.
+//! exact counts per shard and per bucket. All rows are allocated up front, in
+//! one block, so counting never allocates.
 //!
-//! Hot keys are found by sampling: each time a thread's counter of a segment
-//! reaches a multiple of [`SAMPLE_EVERY`], the key being routed is recorded
+//! Hot keys are found by sampling the calls that run statements (not bare
+//! `shard_for` lookups): each time a thread's counter of a segment reaches a
+//! multiple of [`SAMPLE_EVERY`], the key being routed is recorded
 //! in a small direct-mapped table where each entry keeps the token that
 //! outvotes the others hashing to it (Misra-Gries per entry). A key that
 //! carries most of its segment's calls dominates those samples, so the
@@ -21,7 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,8 +98,9 @@ fn first_slot() -> usize {
 #[derive(Debug)]
 pub(crate) struct LoadCounters {
     segments: usize,
-    /// Rows `0..ROWS` belong to one slot each; row `ROWS` is shared.
-    rows: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    /// `ROWS + 1` rows of `segments` counters, row after row: rows
+    /// `0..ROWS` belong to one slot each; row `ROWS` is shared.
+    counters: Box<[AtomicU64]>,
     /// Sampled tokens: `(token, votes)` per entry, indexed by token bits.
     samples: Mutex<Box<[(Token, u64)]>>,
 }
@@ -107,45 +109,45 @@ impl LoadCounters {
     pub(crate) fn new(map: &ShardMap) -> LoadCounters {
         LoadCounters {
             segments: map.ring().segment_count(),
-            rows: (0..=ROWS).map(|_| OnceLock::new()).collect(),
+            counters: (0..(ROWS + 1) * map.ring().segment_count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             samples: Mutex::new(vec![(0, 0); TRACKED].into_boxed_slice()),
         }
     }
 
+    /// Counts one call that landed in `segment`.
     #[inline(always)]
-    fn row(&self, index: usize) -> Option<&[AtomicU64]> {
-        let row = self.rows.get(index)?;
-        match row.get() {
-            Some(row) => Some(row),
-            None => Some(self.new_row(row)),
+    pub(crate) fn record(&self, segment: usize) {
+        self.count(segment);
+    }
+
+    /// Counts one call for `token`, which landed in `segment`, and samples
+    /// it for hot keys. The sampling check costs about half a nanosecond, so
+    /// only calls that go on to run a statement take this path.
+    #[inline(always)]
+    pub(crate) fn record_sampled(&self, token: Token, segment: usize) {
+        if self.count(segment) % SAMPLE_EVERY == 0 {
+            self.sample(token);
         }
     }
 
-    #[cold]
-    fn new_row<'a>(&self, row: &'a OnceLock<Box<[AtomicU64]>>) -> &'a [AtomicU64] {
-        row.get_or_init(|| (0..self.segments).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    /// Counts one call for `token`, which landed in `segment`.
+    /// Adds one to this thread's counter of `segment`; returns the new count.
     #[inline(always)]
-    pub(crate) fn record(&self, token: Token, segment: usize) {
+    fn count(&self, segment: usize) -> u64 {
         let slot = slot();
-        let count = if slot < ROWS {
-            let Some(counter) = self.row(slot).and_then(|row| row.get(segment)) else {
-                return;
-            };
+        let own = slot < ROWS;
+        let row = if own { slot } else { ROWS };
+        let Some(counter) = self.counters.get(row * self.segments + segment) else {
+            return 0;
+        };
+        if own {
             // Only this thread writes this row: load + store is exact.
             let n = counter.load(Ordering::Relaxed) + 1;
             counter.store(n, Ordering::Relaxed);
             n
         } else {
-            let Some(counter) = self.row(ROWS).and_then(|row| row.get(segment)) else {
-                return;
-            };
             counter.fetch_add(1, Ordering::Relaxed) + 1
-        };
-        if count % SAMPLE_EVERY == 0 {
-            self.sample(token);
         }
     }
 
@@ -187,10 +189,8 @@ impl LoadCounters {
         let mut shards = vec![0u64; map.shards().len()];
         let mut bucket_loads = vec![0u64; BUCKETS];
         for (segment, (bucket, shard)) in map.ring().segments().enumerate() {
-            let n: u64 = self
-                .rows
-                .iter()
-                .filter_map(|row| row.get()?.get(segment))
+            let n: u64 = (0..=ROWS)
+                .filter_map(|row| self.counters.get(row * self.segments + segment))
                 .map(|c| c.load(Ordering::Relaxed))
                 .sum();
             bucket_loads[bucket] += n;
@@ -283,7 +283,7 @@ mod tests {
                     for &k in chunk {
                         let token = map.token(k);
                         let (_, segment) = map.ring().owner_and_segment(token);
-                        counters.record(token, segment);
+                        counters.record_sampled(token, segment);
                     }
                 });
             }
@@ -319,7 +319,7 @@ mod tests {
             let key = if i % 2 == 0 { viral } else { i % 30_000 };
             let token = map.token(key);
             let (_, segment) = map.ring().owner_and_segment(token);
-            counters.record(token, segment);
+            counters.record_sampled(token, segment);
         }
         let report = counters.report(&map);
         let hot = report

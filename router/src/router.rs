@@ -157,15 +157,18 @@ impl Router {
     /// The shard owning `key`, counted in the load report.
     #[inline]
     pub fn shard_for(&self, key: i64) -> &Shard {
-        &self.map.shards()[self.route(key)]
+        let (shard, segment) = self.map.ring().owner_and_segment(self.map.token(key));
+        self.load.record(segment);
+        &self.map.shards()[shard]
     }
 
-    /// Index of the shard owning `key`, counting the call.
+    /// Index of the shard owning `key` for a call that runs a statement:
+    /// counted, and sampled for hot keys.
     #[inline]
     fn route(&self, key: i64) -> usize {
         let token = self.map.token(key);
         let (shard, segment) = self.map.ring().owner_and_segment(token);
-        self.load.record(token, segment);
+        self.load.record_sampled(token, segment);
         shard
     }
 

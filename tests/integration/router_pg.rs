@@ -2,15 +2,19 @@
 
 use std::collections::BTreeSet;
 
+use postshard_router::ring::bucket_of;
 use postshard_router::{Router, RouterError, ShardMap};
 use postshard_sandbox::Cluster;
 
 use postshard_router::map::raw::{RawPool, RawShard, RawValue};
 
+use crate::cli_map::postshard;
 use crate::common::{connect, map_with, runtime, FORUM_SCHEMA, TEST_PASSWORD, TEST_PASSWORD_VAR};
 
 const SEED: i64 = 7_777;
 const POSTS: i64 = 3_000;
+/// Reads of one viral post: more than all other calls together.
+const VIRAL_CALLS: u64 = 8_000;
 
 /// Six arcs, two per shard, interleaved, so ownership is not one range each.
 const RING: [(i64, usize); 6] = [
@@ -165,6 +169,49 @@ fn rows_land_on_their_owner_fan_out_sees_all_and_a_dead_shard_fails_alone() {
             + u64::from(map.shard_index_for(42) == 1)
             + u64::from(map.shard_index_for(POSTS + 1) == 1);
         assert_eq!(report.shards["s1"], expected_s1);
+
+        // A viral post: its calls are sampled into the report as a hot token,
+        // and a balance by load that it alone makes impossible names it.
+        let viral = 77i64;
+        for _ in 0..VIRAL_CALLS {
+            router
+                .query_opt(viral, "SELECT 1 FROM posts WHERE id = $1", &[&viral])
+                .await
+                .expect("viral read");
+        }
+        let report = router.load_report();
+        let hot = report
+            .hot_tokens
+            .iter()
+            .find(|h| h.token == map.token(viral))
+            .unwrap_or_else(|| panic!("viral post not reported hot: {:?}", report.hot_tokens));
+        assert!(hot.load <= report.bucket_loads[bucket_of(hot.token)]);
+        assert!(
+            hot.load >= VIRAL_CALLS / 2,
+            "estimated {} of {VIRAL_CALLS}",
+            hot.load
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (map_path, load_path) = (dir.path().join("map.yaml"), dir.path().join("load.json"));
+        std::fs::write(&map_path, map.to_yaml()).unwrap();
+        std::fs::write(&load_path, serde_json::to_string(&report).unwrap()).unwrap();
+        let out = postshard(
+            &[
+                "plan",
+                "balance",
+                "--by",
+                "load",
+                "--map",
+                map_path.to_str().unwrap(),
+                "--load",
+                load_path.to_str().unwrap(),
+            ],
+            "",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&map.token(viral).to_string()), "{stderr}");
+        assert!(out.stdout.is_empty());
 
         // Stop s1: its keys fail with an error naming it; the others still work.
         cluster.servers()[1].stop().expect("stop s1");
