@@ -268,7 +268,7 @@ fn map_init_writes_a_balanced_valid_map() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let yaml = text(&out.stdout);
-    assert!(yaml.contains("url: postgres://u:${PW}@h2/db"), "{yaml}");
+    assert!(yaml.contains("postgres://u:${PW}@h2/db"), "{yaml}");
     let map = postshard_router::ShardMap::parse(&yaml, "init", &|_| Some("pw".into()))
         .expect("map init output is valid");
     assert_eq!(map.seed(), 9);

@@ -15,6 +15,7 @@ mod validate;
 use std::path::Path;
 use std::time::Duration;
 
+pub use emit::yaml_scalar;
 pub use error::{MapError, Problem};
 pub use locate::Location;
 pub use validate::{MAX_SHARDS, MAX_WEIGHT};
