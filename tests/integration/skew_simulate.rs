@@ -165,7 +165,8 @@ fn plain_output_has_a_row_per_shard_and_the_summary() {
 
 #[test]
 fn plot_writes_an_svg() {
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_skew_simulate.svg");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cli_skew_simulate.svg");
     let plot = path.to_str().unwrap();
     let out = run(
         "--shards 4 --keys 4000 --strategy ring --strategy hashring:16 --add 1",
