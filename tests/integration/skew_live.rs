@@ -156,12 +156,7 @@ fn live_skew_reports_exact_counts_histogram_and_unreachable_shards() {
     for (token, n) in &by_token {
         want[bucket_of(*token as i64)] += n;
     }
-    let got: Vec<u64> = report["histogram"]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let got = histogram_rows(&report);
     assert_eq!(got, want);
     let saved: LoadReport =
         serde_json::from_str(&std::fs::read_to_string(&load_path).unwrap()).expect("load file");
@@ -377,12 +372,7 @@ fn reserved_table_names_and_integer_keys_are_measured() {
         }
     }
     want[bucket_of(map.token(viral))] += 25;
-    let got: Vec<u64> = report["histogram"]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let got = histogram_rows(&report);
     assert_eq!(got, want);
     let hot = &report["shards"][0]["hot_keys"][0];
     assert_eq!(hot["key"].as_i64(), Some(viral), "{hot}");
@@ -403,4 +393,14 @@ fn reserved_table_names_and_integer_keys_are_measured() {
         error.contains("shard s1") && error.contains("(table order, key column post_id)"),
         "{error}"
     );
+}
+
+/// The rows per token bucket of a `postshard skew --json` report.
+fn histogram_rows(report: &Value) -> Vec<u64> {
+    report["histogram"]["rows"]
+        .as_array()
+        .expect("histogram rows")
+        .iter()
+        .map(|v| v.as_u64().expect("a row count"))
+        .collect()
 }
