@@ -5,6 +5,7 @@
 //! that owns the ring arc holding that token owns the key. [`ShardMap`] holds
 //! the validated map; [`Router`] adds one connection pool per shard.
 
+pub mod connect;
 mod connect_failures;
 pub mod hash;
 pub mod load;
@@ -13,6 +14,7 @@ pub mod ring;
 mod router;
 pub mod url;
 
+pub use connect::{connect, ConnectError};
 pub use hash::{hashint8extended, Token};
 pub use load::{HotToken, LoadReport, LoadUnit};
 pub use map::{MapError, ShardMap};

@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::connect::{pg_config, ConnectError};
 use crate::connect_failures::ConnectFailures;
 use crate::load::{LoadCounters, LoadReport};
 use crate::map::{Shard, ShardMap};
@@ -25,14 +26,12 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     /// The shard's URL is not a valid tokio-postgres configuration.
-    #[error("shard {shard} ({url}): invalid connection settings")]
+    #[error("shard {shard}: {source}")]
     Config {
         /// Shard name.
         shard: String,
-        /// Redacted URL.
-        url: ConnUrl,
-        /// Driver error.
-        source: tokio_postgres::Error,
+        /// What is wrong with the URL (redacted).
+        source: ConnectError,
     },
     /// No connection to the shard could be had.
     #[error("shard {shard} ({url}): cannot connect: {detail}")]
@@ -118,17 +117,12 @@ impl Router {
         let mut pools = Vec::with_capacity(map.shards().len());
         let mut failures = Vec::with_capacity(map.shards().len());
         for shard in map.shards() {
-            let mut config: tokio_postgres::Config =
-                shard
-                    .url
-                    .expose()
-                    .parse()
-                    .map_err(|source| RouterError::Config {
-                        shard: shard.name.clone(),
-                        url: shard.url.clone(),
-                        source,
-                    })?;
-            config.connect_timeout(shard.pool.connect_timeout);
+            let config = pg_config(&shard.url, shard.pool.connect_timeout).map_err(|e| {
+                RouterError::Config {
+                    shard: shard.name.clone(),
+                    source: e,
+                }
+            })?;
             let failed = ConnectFailures::default();
             let pool = Pool::builder()
                 .max_size(shard.pool.max_size)
