@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use postshard_router::ShardMap;
 
+use super::output::percent;
 use super::Failure;
 
 /// Arguments of `postshard check`.
@@ -18,8 +19,7 @@ pub struct Args {
 /// Validates the map; prints shares, arcs, tables and notes.
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = ShardMap::from_path(&args.map)?;
-    print!("{}", describe(&map, &args.map.display().to_string()));
-    Ok(())
+    super::output::print(describe(&map, &args.map.display().to_string()))
 }
 
 fn describe(map: &ShardMap, origin: &str) -> String {
@@ -50,9 +50,9 @@ fn write_description(map: &ShardMap, origin: &str, out: &mut String) -> std::fmt
         let arcs: Vec<_> = map.ring().arcs().filter(|a| a.shard == i).collect();
         writeln!(
             out,
-            "  {:<12} {:>8.4}%  weight {:<4} {} arc{}  {}",
+            "  {:<12} {:>9}  weight {:<4} {} arc{}  {}",
             shard.name,
-            share * 100.0,
+            percent(*share, 4),
             shard.weight,
             arcs.len(),
             if arcs.len() == 1 { " " } else { "s" },
@@ -70,10 +70,10 @@ fn write_description(map: &ShardMap, origin: &str, out: &mut String) -> std::fmt
             let fair = f64::from(shard.weight) / total_weight as f64;
             if (share - fair).abs() > 0.01 {
                 notes.push(format!(
-                    "shard `{}` owns {:.2}% of the token space but its weight calls for {:.2}%",
+                    "shard `{}` owns {} of the token space but its weight calls for {}",
                     shard.name,
-                    share * 100.0,
-                    fair * 100.0
+                    percent(*share, 2),
+                    percent(fair, 2)
                 ));
             }
         }

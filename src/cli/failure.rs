@@ -1,7 +1,6 @@
 //! How a command fails: invalid input (exit 2) or a runtime failure (exit 1).
 
 use std::fmt::Display;
-use std::path::Path;
 
 use postshard_router::MapError;
 
@@ -12,6 +11,9 @@ pub enum Failure {
     Invalid(anyhow::Error),
     /// Something failed while running: I/O, a database. Exit code 1.
     Runtime(anyhow::Error),
+    /// Stdout's reader went away (`| head`): the command stops quietly
+    /// with exit code 0, as Unix tools do.
+    ClosedStdout,
 }
 
 impl Failure {
@@ -25,13 +27,16 @@ impl Failure {
         match self {
             Failure::Invalid(_) => 2,
             Failure::Runtime(_) => 1,
+            Failure::ClosedStdout => 0,
         }
     }
 
-    /// The message for stderr, with its causes.
-    pub fn message(&self) -> String {
-        let (Failure::Invalid(e) | Failure::Runtime(e)) = self;
-        match e.downcast_ref::<MapError>() {
+    /// The message for stderr, with its causes; `None` for a closed stdout.
+    pub fn message(&self) -> Option<String> {
+        let (Failure::Invalid(e) | Failure::Runtime(e)) = self else {
+            return None;
+        };
+        Some(match e.downcast_ref::<MapError>() {
             // One `PATH:LINE:COL: message` line per problem, then a summary.
             Some(MapError::Invalid { origin, problems }) => format!(
                 "{e}\nerror: {origin}: invalid shard map ({} problem{})",
@@ -39,7 +44,7 @@ impl Failure {
                 if problems.len() == 1 { "" } else { "s" }
             ),
             _ => format!("error: {e:#}"),
-        }
+        })
     }
 }
 
@@ -54,11 +59,4 @@ impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
         Failure::Runtime(e.into())
     }
-}
-
-/// Writes `contents` to `path`; a failure names the path (exit 1).
-pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), Failure> {
-    std::fs::write(path, contents).map_err(|e| {
-        Failure::Runtime(anyhow::Error::new(e).context(format!("writing {}", path.display())))
-    })
 }

@@ -25,8 +25,7 @@ pub struct Args {
 
 /// Prints the map.
 pub fn run(args: Args) -> Result<(), Failure> {
-    print!("{}", build(&args)?.to_yaml());
-    Ok(())
+    super::output::print(build(&args)?.to_yaml())
 }
 
 fn build(args: &Args) -> Result<ShardMap, Failure> {

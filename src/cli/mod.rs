@@ -3,6 +3,7 @@
 mod check;
 mod failure;
 mod map_init;
+mod output;
 mod plan;
 mod route;
 mod skew_live;
@@ -11,6 +12,7 @@ mod skew_simulate;
 use clap::{Parser, Subcommand};
 
 pub use failure::Failure;
+pub use output::eprint;
 
 /// Shard PostgreSQL for big community sites.
 #[derive(Debug, Parser)]

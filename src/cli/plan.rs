@@ -16,7 +16,7 @@ use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
 use postshard_router::{LoadUnit, MapError, ShardMap};
 
-use super::failure::write_file;
+use super::output::{eprint, percent, print, write_files};
 use super::Failure;
 
 /// `postshard plan` subcommands.
@@ -189,7 +189,7 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
             e => invalid(e),
         })?;
     for warning in load_file_warnings(&map, &file, &origin) {
-        eprintln!("warning: {warning}");
+        eprint(format!("warning: {warning}\n"));
     }
     let mut plan = plan::balance(&map, &file.histogram, args.target).map_err(|e| match e {
         BalanceError::BadTarget { .. } | BalanceError::NoLoad => invalid(e),
@@ -276,65 +276,56 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> Failure {
 }
 
 /// Applies the plan, then writes it, the summary and the optional map.
+///
+/// A plan that changes nothing (no moves, same shards and weights) is not
+/// written: the summary says "nothing to move", no plan or map file is
+/// written (an existing one is left as it is) and the map keeps its version.
 fn finish(
     map: &ShardMap,
     plan: &Plan,
     output: &Output,
     load: Option<(&TokenHistogram, f64)>,
 ) -> Result<(), Failure> {
+    if plan.moves.is_empty() && plan.shards == plan.base_shards {
+        let mut summary = summary(map, map, plan, load);
+        let skipped: Vec<String> = [&output.out, &output.emit_map]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        if !skipped.is_empty() {
+            let _ = writeln!(summary, "not written: {}", skipped.join(", "));
+        }
+        // The summary is the whole answer; stdout carries no plan.
+        return match output.out {
+            Some(_) => print(summary),
+            None => {
+                eprint(summary);
+                Ok(())
+            }
+        };
+    }
     let after = plan
         .apply_with_env(map, &offline_env)
         .map_err(|e| Failure::Runtime(e.into()))?;
     let summary = summary(map, &after, plan, load);
     let yaml = plan.to_yaml();
-    let mut files = Vec::new();
+    let map_yaml = output.emit_map.as_ref().map(|_| after.to_yaml());
+    let mut files: Vec<(&Path, &[u8])> = Vec::new();
     if let Some(path) = &output.out {
-        files.push((path.as_path(), yaml.clone()));
+        files.push((path.as_path(), yaml.as_bytes()));
     }
-    if let Some(path) = &output.emit_map {
-        files.push((path.as_path(), after.to_yaml()));
+    if let (Some(path), Some(text)) = (&output.emit_map, &map_yaml) {
+        files.push((path.as_path(), text.as_bytes()));
     }
-    write_together(&files)?;
+    write_files(&files)?;
     if output.out.is_some() {
-        print!("{summary}");
+        print(summary)
     } else {
-        print!("{yaml}");
-        eprint!("{summary}");
+        print(yaml)?;
+        eprint(summary);
+        Ok(())
     }
-    Ok(())
-}
-
-/// Writes each file next to its path first and renames them into place only
-/// once all are written, so a failure leaves none of them new.
-fn write_together(files: &[(&Path, String)]) -> Result<(), Failure> {
-    let staged: Vec<PathBuf> = files
-        .iter()
-        .map(|(path, _)| {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            path.with_file_name(format!("{name}.{}.tmp", std::process::id()))
-        })
-        .collect();
-    let written = files
-        .iter()
-        .zip(&staged)
-        .try_for_each(|((_, text), temp)| write_file(temp, text));
-    let moved = written.and_then(|()| {
-        files.iter().zip(&staged).try_for_each(|((path, _), temp)| {
-            std::fs::rename(temp, path).map_err(|e| {
-                Failure::Runtime(anyhow::Error::new(e).context(format!(
-                    "moving {} to {}",
-                    temp.display(),
-                    path.display()
-                )))
-            })
-        })
-    });
-    if moved.is_err() {
-        for temp in &staged {
-            let _ = std::fs::remove_file(temp);
-        }
-    }
-    moved
 }
 
 /// Moved share, and each shard's weight and share of tokens (and load)
@@ -359,15 +350,23 @@ fn write_summary(
     load: Option<(&TokenHistogram, f64)>,
 ) -> std::fmt::Result {
     writeln!(out, "plan: {}", plan.intent)?;
-    writeln!(
-        out,
-        "map version {} -> {}; {} move{}, {:.4}% of the token space",
-        before.version(),
-        after.version(),
-        plan.moves.len(),
-        if plan.moves.len() == 1 { "" } else { "s" },
-        plan.moved_tokens() as f64 / TOKEN_SPACE as f64 * 100.0
-    )?;
+    if before.version() == after.version() {
+        writeln!(
+            out,
+            "nothing to move: the map stays at version {}",
+            before.version()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "map version {} -> {}; {} move{}, {} of the token space",
+            before.version(),
+            after.version(),
+            plan.moves.len(),
+            if plan.moves.len() == 1 { "" } else { "s" },
+            percent(plan.moved_tokens() as f64 / TOKEN_SPACE as f64, 4)
+        )?;
+    }
     let loads = load.map(|(histogram, target)| {
         let of = |map: &ShardMap| {
             let arcs = plan::arcs_of(map.ring());
@@ -387,8 +386,8 @@ fn write_summary(
             .sum();
         writeln!(
             out,
-            "moved load {:.4}%; peak-to-mean {:.4} -> {:.4} (target {target})",
-            moved / histogram.total() * 100.0,
+            "moved load {}; peak-to-mean {:.4} -> {:.4} (target {target})",
+            percent(moved / histogram.total(), 4),
             ptm(before, was),
             ptm(after, now)
         )?;
@@ -420,7 +419,7 @@ fn write_summary(
             (None, None) => String::new(),
         };
         let share = |shares: &[f64], i: Option<usize>| i.and_then(|i| shares.get(i)).copied();
-        let percent = |x: Option<f64>| format!("{:.4}%", x.unwrap_or(0.0) * 100.0);
+        let percent = |x: Option<f64>| percent(x.unwrap_or(0.0), 4);
         write!(
             out,
             "{name:<16} {weight:>15} {:>10} {:>10}",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use postshard_router::ShardMap;
 
+use super::output::stdout_error;
 use super::Failure;
 
 /// Arguments of `postshard route`.
@@ -22,20 +23,12 @@ pub struct Args {
 }
 
 /// Routes every ID, streaming stdin when no IDs are given.
+///
+/// Stdin is one ID per line; a UTF-8 byte-order mark before the first line
+/// (PowerShell writes one) is skipped, and `\n` or `\r\n` ends a line. A bad
+/// line stops the command with `stdin:LINE:` and the line as written, its
+/// invisible characters escaped (exit 2); lines before it have been routed.
 pub fn run(args: Args) -> Result<(), Failure> {
-    match route(args) {
-        // A reader that stopped early (`| head`) is not a failure.
-        Err(Failure::Runtime(e))
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
-}
-
-fn route(args: Args) -> Result<(), Failure> {
     let map = ShardMap::from_path(&args.map)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -50,11 +43,17 @@ fn route(args: Args) -> Result<(), Failure> {
                 break;
             }
             number += 1;
-            let id = std::str::from_utf8(&line)
-                .map_err(|_| "not valid UTF-8".to_string())
-                .and_then(|text| parse_id(text.trim_end_matches(['\n', '\r'])))
+            let mut bytes = line.as_slice();
+            if number == 1 {
+                bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
+            }
+            let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            let id = std::str::from_utf8(bytes)
+                .map_err(|_| format!("not valid UTF-8: `{}`", shown_bytes(bytes)))
+                .and_then(parse_id)
                 .map_err(|e| Failure::invalid(format!("stdin:{number}: {e}")))?;
-            write_route(&mut out, &map, id, args.json)?;
+            write_route(&mut out, &map, id, args.json).map_err(stdout_error)?;
         }
     } else {
         let ids = args
@@ -66,16 +65,19 @@ fn route(args: Args) -> Result<(), Failure> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for id in ids {
-            write_route(&mut out, &map, id, args.json)?;
+            write_route(&mut out, &map, id, args.json).map_err(stdout_error)?;
         }
     }
-    out.flush()?;
-    Ok(())
+    out.flush().map_err(stdout_error)
 }
 
-/// Longest input shown back in an error.
+/// The UTF-8 byte-order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Longest input shown back in an error, in characters.
 const SHOWN: usize = 40;
 
+/// An integer ID; surrounding whitespace is ignored.
 fn parse_id(text: &str) -> Result<i64, String> {
     text.trim().parse().map_err(|_| {
         let shown: String = text.chars().take(SHOWN).collect();
@@ -84,8 +86,19 @@ fn parse_id(text: &str) -> Result<i64, String> {
         } else {
             ""
         };
-        format!("`{shown}{more}` is not a 64-bit signed integer")
+        // Escaped, so that a no-break space or zero-width character shows.
+        format!(
+            "`{}{more}` is not a 64-bit signed integer",
+            shown.escape_debug()
+        )
     })
+}
+
+/// The first [`SHOWN`] bytes of a line that is not UTF-8, escaped.
+fn shown_bytes(bytes: &[u8]) -> String {
+    let shown = bytes.iter().take(SHOWN).copied().collect::<Vec<u8>>();
+    let more = if bytes.len() > SHOWN { "…" } else { "" };
+    format!("{}{more}", shown.escape_ascii())
 }
 
 fn write_route(out: &mut impl Write, map: &ShardMap, id: i64, json: bool) -> std::io::Result<()> {

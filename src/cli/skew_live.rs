@@ -9,7 +9,7 @@ use postshard_router::ring::BUCKETS;
 use postshard_router::{Router, ShardMap};
 use serde_json::{json, Value};
 
-use super::failure::write_file;
+use super::output::{percent, print, write_file};
 use super::Failure;
 
 /// Arguments of live `postshard skew`.
@@ -85,9 +85,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let measures = measure(&map, options)?;
     let report = report_json(&map, &measures, metric, window);
     if args.json {
-        println!("{report}");
+        print(format!("{report}\n"))?;
     } else {
-        print!("{}", report_text(&report));
+        print(report_text(&report))?;
     }
     let unmeasured: Vec<&str> = measures
         .iter()
@@ -202,10 +202,7 @@ fn report_json(
 /// The JSON report as a table.
 fn report_text(report: &Value) -> String {
     let num = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
-    let percent = |v: &Value| {
-        v.as_f64()
-            .map_or("-".to_string(), |x| format!("{:.2}%", x * 100.0))
-    };
+    let share = |v: &Value| v.as_f64().map_or("-".to_string(), |x| percent(x, 2));
     let mut out = format!(
         "{:<12} {:>12} {:>14} {:>10} {:>10} {:>8}\n",
         "shard", "rows", "bytes", "writes", "reads", "share"
@@ -220,7 +217,7 @@ fn report_text(report: &Value) -> String {
                 num(&s["bytes"]),
                 num(&s["writes"]),
                 num(&s["reads"]),
-                percent(&s["share"])
+                share(&s["share"])
             ));
         } else {
             out.push_str(&format!(
@@ -242,12 +239,12 @@ fn report_text(report: &Value) -> String {
     let by = report["by"].as_str().unwrap_or("?");
     match report["skew"].as_object() {
         Some(s) => out.push_str(&format!(
-            "skew by {by} (per unit of weight): peak-to-mean {:.3}, cv {:.3}, gini {:.3}, hottest {} ({:.1}%)\n",
+            "skew by {by} (per unit of weight): peak-to-mean {:.3}, cv {:.3}, gini {:.3}, hottest {} ({})\n",
             s["peak_to_mean"].as_f64().unwrap_or(0.0),
             s["cv"].as_f64().unwrap_or(0.0),
             s["gini"].as_f64().unwrap_or(0.0),
             s["hottest"].as_str().unwrap_or("?"),
-            s["hottest_share"].as_f64().unwrap_or(0.0) * 100.0
+            percent(s["hottest_share"].as_f64().unwrap_or(0.0), 1)
         )),
         None => out.push_str(&format!("skew by {by}: nothing to compare\n")),
     }

@@ -1,7 +1,6 @@
 //! `postshard skew simulate`: place synthetic keys with one or more
 //! strategies and report skew, and the keys moved when shards change.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -12,7 +11,7 @@ use postshard_rebalancer::simulate::{
 use postshard_router::map::MAX_SHARDS;
 use serde_json::{json, Value};
 
-use super::failure::write_file;
+use super::output::{percent, print, write_file};
 use super::Failure;
 
 /// Arguments of `postshard skew simulate`.
@@ -133,11 +132,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     } else {
         comparison(&workload, shards, change, &outcomes)
     };
-    match std::io::stdout().lock().write_all(report.as_bytes()) {
-        // A reader that stopped early (`| head`) is not a failure.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    print(report)
 }
 
 /// A simulator error: invalid input, except a layout the router rejects.
@@ -192,7 +187,7 @@ fn detail(workload: &Workload, shards: usize, outcome: &Outcome) -> String {
             .max(shards)
     });
     let cell = |loads: &Loads, shard: usize| match loads.shards.iter().find(|s| s.shard == shard) {
-        Some(s) => format!(" {:>12} {:>7.2}%", s.keys, s.keys as f64 / keys * 100.0),
+        Some(s) => format!(" {:>12} {:>8}", s.keys, percent(s.keys as f64 / keys, 2)),
         None => format!(" {:>12} {:>8}", "-", "-"),
     };
     for shard in 0..slots {
@@ -211,10 +206,10 @@ fn detail(workload: &Workload, shards: usize, outcome: &Outcome) -> String {
     if let Some(r) = &outcome.rebalance {
         out.push_str(&summary_row("after", &r.after));
         out.push_str(&format!(
-            "\nmoved {:.2}% of keys ({}); optimal {:.2}% ({:.2}x)\n",
-            r.moved_fraction * 100.0,
+            "\nmoved {} of keys ({}); optimal {} ({:.2}x)\n",
+            percent(r.moved_fraction, 2),
             r.moved,
-            r.optimal_moved_fraction * 100.0,
+            percent(r.optimal_moved_fraction, 2),
             r.moved_fraction / r.optimal_moved_fraction
         ));
     }
@@ -235,9 +230,9 @@ fn summary_row(label: &str, loads: &Loads) -> String {
 /// `s3 (6.29%)`: the hottest shard and its share.
 fn hottest(loads: &Loads) -> String {
     format!(
-        "{} ({:.2}%)",
+        "{} ({})",
         shard_name(loads.hottest()),
-        loads.skew.hottest_share * 100.0
+        percent(loads.skew.hottest_share, 2)
     )
 }
 
@@ -272,10 +267,10 @@ fn comparison(
         ));
         if let Some(r) = &o.rebalance {
             out.push_str(&format!(
-                " {:>11.4} {:>7.2}% {:>7.2}%",
+                " {:>11.4} {:>8} {:>8}",
                 r.after.skew.peak_to_mean,
-                r.moved_fraction * 100.0,
-                r.optimal_moved_fraction * 100.0
+                percent(r.moved_fraction, 2),
+                percent(r.optimal_moved_fraction, 2)
             ));
         }
         out.push('\n');
