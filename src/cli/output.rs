@@ -60,10 +60,9 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::new(
-        ErrorKind::Other,
-        format!("more than {MAX_LINKS} symbolic links"),
-    ))
+    Err(std::io::Error::other(format!(
+        "more than {MAX_LINKS} symbolic links"
+    )))
 }
 
 /// How one file gets its content.
@@ -140,7 +139,7 @@ pub fn write_files(files: &[(&Path, &[u8])]) -> Result<(), Failure> {
                     return Err(file_error(
                         path,
                         "writing",
-                        std::io::Error::new(ErrorKind::Other, "it is a directory"),
+                        std::io::Error::other("it is a directory"),
                     ))
                 }
                 Ok(meta) if !meta.is_file() => Target::Through { path: real },
