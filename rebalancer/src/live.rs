@@ -56,16 +56,24 @@ impl std::fmt::Display for Metric {
     }
 }
 
-/// Counters of one sharded table on one shard.
+/// Counters of one sharded table on one shard. A partitioned table (or one
+/// with inheritance children) counts all its partitions, nested ones and
+/// ones in other schemas included.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TableStats {
-    /// Rows now.
+    /// Rows now with a key, the rows the ring places.
     pub rows: u64,
-    /// `pg_total_relation_size`.
+    /// Rows now whose key is NULL: they have no token, so no shard owns them
+    /// and no plan can move them. Not in `rows`, nor in any bucket.
+    pub null_keys: u64,
+    /// Bytes on disk, indexes and TOAST included (`pg_total_relation_size`
+    /// summed over the table and every partition).
     pub bytes: u64,
-    /// Rows written during the window (absent without a window).
+    /// Rows inserted, updated or deleted during the window, over every
+    /// partition (absent without a window).
     pub writes: Option<u64>,
-    /// Rows read during the window (absent without a window).
+    /// Rows read during the window, over every partition (absent without
+    /// a window).
     pub reads: Option<u64>,
 }
 
@@ -93,6 +101,14 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Tables holding rows whose key is NULL, with how many, by name.
+    pub fn null_keys(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| t.null_keys > 0)
+            .map(|(name, t)| (name.as_str(), t.null_keys))
+    }
+
     /// The shard's total for `metric` (`None` for activity without a window).
     pub fn total(&self, metric: Metric) -> Option<u64> {
         self.tables
@@ -116,6 +132,40 @@ pub enum MeasureError {
     /// No connection, or a statement about no table in particular failed.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A sharded table of the map does not exist on the shard.
+    #[error("shard {shard}: table {table} does not exist")]
+    MissingTable {
+        /// The shard.
+        shard: String,
+        /// The table, as the map names it.
+        table: String,
+    },
+    /// The table has no column the map names as its key.
+    #[error("shard {shard}: table {table} has no key column {key}")]
+    MissingKey {
+        /// The shard.
+        shard: String,
+        /// The table, as the map names it.
+        table: String,
+        /// The key column.
+        key: String,
+    },
+    /// The key column is not an integer: its values have no token (a cast
+    /// would round `1.5` to `2` or fail on `'abc'`).
+    #[error(
+        "shard {shard}: table {table}: key column {key} is of type {type_name}; \
+         a key must be smallint, integer or bigint (or a domain over one)"
+    )]
+    KeyType {
+        /// The shard.
+        shard: String,
+        /// The table, as the map names it.
+        table: String,
+        /// The key column.
+        key: String,
+        /// Its type as PostgreSQL spells it (`numeric(10,2)`, `text`).
+        type_name: String,
+    },
     /// A statement about one sharded table failed, or its answer could not
     /// be read.
     #[error("{error} (table {table}, key column {key})")]
@@ -133,6 +183,18 @@ impl MeasureError {
     /// Whether the shard could not be connected to at all.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, MeasureError::Router(RouterError::Connect { .. }))
+    }
+
+    /// Whether the shard's schema does not fit the map (a table or key
+    /// column missing, a key that is not an integer): fixing it takes a
+    /// change to the map or the schema, not a retry.
+    pub fn is_schema(&self) -> bool {
+        matches!(
+            self,
+            MeasureError::MissingTable { .. }
+                | MeasureError::MissingKey { .. }
+                | MeasureError::KeyType { .. }
+        )
     }
 }
 
@@ -182,6 +244,14 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
+    fn shard_name(self) -> String {
+        self.router
+            .map()
+            .shards()
+            .get(self.index)
+            .map_or_else(|| format!("#{}", self.index), |s| s.name.clone())
+    }
+
     fn shard(self, e: tokio_postgres::Error) -> MeasureError {
         MeasureError::Router(self.router.query_error(self.index, e))
     }
@@ -195,6 +265,13 @@ impl Errors<'_> {
     }
 }
 
+/// The table named `$1` and its inheritance children at every depth:
+/// declarative partitions (nested, in any schema) and legacy inheritance.
+/// Partitioned parents hold no rows, bytes or activity of their own.
+const TREE: &str = "WITH RECURSIVE tree(relid) AS ( \
+         SELECT $1::text::regclass::oid \
+         UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)";
+
 /// Cumulative activity counters of one table (`pg_stat_user_tables`).
 #[derive(Debug, Clone, Copy)]
 struct Activity {
@@ -202,20 +279,23 @@ struct Activity {
     reads: i64,
 }
 
-/// Activity counters of every sharded table, in map order.
+/// Activity counters of every sharded table, in map order, each summed
+/// over the table and its partitions.
 async fn activity(
     client: &tokio_postgres::Client,
     tables: &[Table],
     errors: Errors<'_>,
 ) -> Result<Vec<Activity>, MeasureError> {
-    const SQL: &str = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8, \
-         coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::int8 \
-         FROM pg_stat_user_tables WHERE relid = $1::text::regclass";
+    let sql = format!(
+        "{TREE} SELECT coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::int8, \
+         coalesce(sum(coalesce(s.seq_tup_read, 0) + coalesce(s.idx_tup_fetch, 0)), 0)::int8 \
+         FROM tree JOIN pg_stat_user_tables s ON s.relid = tree.relid"
+    );
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
         let fail = |e| errors.table(t, e);
         let row = client
-            .query_one(SQL, &[&t.sql_name()])
+            .query_one(&sql, &[&t.sql_name()])
             .await
             .map_err(fail)?;
         out.push(Activity {
@@ -224,6 +304,57 @@ async fn activity(
         });
     }
     Ok(out)
+}
+
+/// Integer types a key may have (`int2`, `int4`, `int8` by OID), directly
+/// or as the base of a domain.
+const KEY_TYPES: [i64; 3] = [21, 23, 20];
+
+/// Checks that every sharded table exists on the shard and that its key
+/// column is an integer (for a partitioned table, the parent's column,
+/// which every partition shares).
+async fn check_tables(
+    client: &tokio_postgres::Client,
+    tables: &[Table],
+    errors: Errors<'_>,
+) -> Result<(), MeasureError> {
+    // The declared type, and the type under any domains.
+    const SQL: &str = "WITH RECURSIVE rel AS (SELECT to_regclass($1::text) AS oid), \
+         col AS (SELECT a.atttypid, a.atttypmod FROM pg_attribute a, rel \
+                 WHERE a.attrelid = rel.oid AND a.attname::text = $2::text \
+                   AND a.attnum > 0 AND NOT a.attisdropped), \
+         base(oid, depth) AS (SELECT atttypid, 0 FROM col \
+                 UNION ALL SELECT t.typbasetype, b.depth + 1 FROM base b \
+                 JOIN pg_type t ON t.oid = b.oid WHERE t.typtype = 'd') \
+         SELECT rel.oid IS NOT NULL, \
+                (SELECT format_type(atttypid, atttypmod) FROM col), \
+                (SELECT oid::int8 FROM base ORDER BY depth DESC LIMIT 1) \
+         FROM rel";
+    for t in tables {
+        let fail = |e| errors.table(t, e);
+        let row = client
+            .query_one(SQL, &[&t.sql_name(), &t.key])
+            .await
+            .map_err(fail)?;
+        let exists: bool = row.try_get(0).map_err(fail)?;
+        let declared: Option<String> = row.try_get(1).map_err(fail)?;
+        let base: Option<i64> = row.try_get(2).map_err(fail)?;
+        let (shard, table, key) = (errors.shard_name(), t.name.clone(), t.key.clone());
+        match (exists, declared, base) {
+            (false, _, _) => return Err(MeasureError::MissingTable { shard, table }),
+            (true, None, _) => return Err(MeasureError::MissingKey { shard, table, key }),
+            (true, Some(type_name), base) if !base.is_some_and(|b| KEY_TYPES.contains(&b)) => {
+                return Err(MeasureError::KeyType {
+                    shard,
+                    table,
+                    key,
+                    type_name,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A count from SQL (never negative) as `u64`.
@@ -239,6 +370,7 @@ async fn measure_shard(
     let map = router.map();
     let errors = Errors { router, index };
     let mut client = router.client_of(index).await?;
+    check_tables(&client, map.tables(), errors).await?;
     // Activity is sampled outside any transaction: inside one, PostgreSQL
     // serves the same statistics snapshot twice.
     let (before, after) = match options.window {
@@ -272,13 +404,17 @@ async fn measure_shard(
     let limit = i64::try_from(options.hot_keys.min(MAX_HOT_KEYS)).unwrap_or(0);
     for (i, t) in map.tables().iter().enumerate() {
         let fail = |e| errors.table(t, e);
-        // Quoted names are safe to splice, reserved words included; keys of
-        // any integer type are cast to the bigint hashint8extended takes.
+        // Quoted names are safe to splice, reserved words included; keys,
+        // checked to be integers, are cast to the bigint hashint8extended
+        // takes. A scan of a partitioned table reads every partition.
         let (table, key) = (t.sql_name(), t.sql_key());
         let sizes = tx
             .query_one(
                 &format!(
-                    "SELECT count(*), pg_total_relation_size($1::text::regclass) FROM {table}"
+                    "SELECT count({key}), count(*) - count({key}), \
+                     ({TREE} SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
+                      FROM tree) \
+                     FROM {table}"
                 ),
                 &[&table],
             )
@@ -288,7 +424,8 @@ async fn measure_shard(
             t.name.clone(),
             TableStats {
                 rows: count(sizes.try_get(0).map_err(fail)?),
-                bytes: count(sizes.try_get(1).map_err(fail)?),
+                null_keys: count(sizes.try_get(1).map_err(fail)?),
+                bytes: count(sizes.try_get(2).map_err(fail)?),
                 writes: delta(i, |a| a.writes),
                 reads: delta(i, |a| a.reads),
             },
@@ -401,8 +538,9 @@ pub enum LoadReportError {
 
 /// Rows or bytes over the token ring as a load report, the input of
 /// `plan balance`: per bucket, and the hot keys as hot tokens. Bytes are
-/// estimated from rows with each shard's mean row size. Every shard of `map`
-/// must have been measured.
+/// estimated from rows with each shard's mean row size. Rows whose key is
+/// NULL are left out, so each shard's total is the sum of its buckets. Every
+/// shard of `map` must have been measured.
 pub fn load_report(
     map: &ShardMap,
     measures: &[ShardMeasure],
@@ -439,16 +577,23 @@ pub fn load_report(
         let Some(stats) = measured(&shard.name) else {
             continue;
         };
-        // Rows and bytes are measured on every reachable shard.
+        // Rows and bytes are measured on every reachable shard. Rows with a
+        // NULL key are in no bucket: their share of the bytes is left out
+        // too, so that the shard's total is the sum of its buckets.
         let rows = stats.total(Metric::Rows).unwrap_or(0);
-        let total = stats.total(metric).unwrap_or(0);
-        let per_row = total as f64 / rows.max(1) as f64;
+        let all_rows = rows + stats.null_keys().map(|(_, n)| n).sum::<u64>();
+        let per_row = match metric {
+            Metric::Bytes => stats.total(metric).unwrap_or(0) as f64 / all_rows.max(1) as f64,
+            _ => 1.0,
+        };
         // Rounding is monotonic, so a hot key never outweighs its bucket.
         let scale = |n: u64| (n as f64 * per_row).round() as u64;
-        report.shards.insert(shard.name.clone(), total);
-        for (total, n) in report.bucket_loads.iter_mut().zip(&stats.bucket_rows) {
-            *total += scale(*n);
+        let mut total = 0u64;
+        for (sum, n) in report.bucket_loads.iter_mut().zip(&stats.bucket_rows) {
+            *sum += scale(*n);
+            total += scale(*n);
         }
+        report.shards.insert(shard.name.clone(), total);
         report
             .hot_tokens
             .extend(stats.hot_keys.iter().map(|k| HotToken {

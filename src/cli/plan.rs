@@ -218,9 +218,17 @@ fn measure_live(path: &Path, metric: Metric) -> Result<LoadFile, Failure> {
     };
     let measures = super::skew_live::measure(&map, options)?;
     if let Some(failed) = measures.iter().find_map(|m| m.stats.as_ref().err()) {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "cannot plan from partial counts: {failed}"
-        )));
+        let e = anyhow::anyhow!("cannot plan from partial counts: {failed}");
+        return Err(if failed.is_schema() {
+            Failure::Invalid(e)
+        } else {
+            Failure::Runtime(e)
+        });
+    }
+    for problem in super::skew_live::null_key_problems(&map, &measures) {
+        eprint(format!(
+            "warning: {problem}; the plan leaves those rows where they are\n"
+        ));
     }
     let report =
         live::load_report(&map, &measures, metric).map_err(|e| Failure::Runtime(e.into()))?;

@@ -59,7 +59,9 @@ impl From<By> for Metric {
     }
 }
 
-/// Measures every shard and prints the report; exit 1 if a shard was unreachable.
+/// Measures every shard and prints the report. Then fails naming every
+/// problem: a table or key column missing or a key that is not an integer
+/// (exit 2), an unreachable shard or rows with a NULL key (exit 1).
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = ShardMap::from_path(&args.map)?;
     let metric = Metric::from(args.by);
@@ -89,11 +91,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
     } else {
         print(report_text(&report))?;
     }
-    let unmeasured: Vec<&str> = measures
-        .iter()
-        .filter(|m| m.stats.is_err())
-        .map(|m| m.shard.as_str())
-        .collect();
+    let failed = |schema: bool| -> Vec<String> {
+        measures
+            .iter()
+            .filter_map(|m| m.stats.as_ref().err())
+            .filter(|e| e.is_schema() == schema)
+            .map(ToString::to_string)
+            .collect()
+    };
+    let (mismatched, unmeasured) = (failed(true), failed(false));
+    let null_keys = null_key_problems(&map, &measures);
     let mut not_saved = String::new();
     if let Some(path) = &args.save_load {
         match live::load_report(&map, &measures, metric) {
@@ -101,18 +108,52 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 let text = serde_json::to_string(&load).map_err(|e| Failure::Runtime(e.into()))?;
                 write_file(path, text)?;
             }
-            Err(e) if unmeasured.is_empty() => return Err(Failure::Runtime(e.into())),
-            Err(_) => not_saved = format!(", so {} was not written", path.display()),
+            Err(e) if mismatched.is_empty() && unmeasured.is_empty() => {
+                return Err(Failure::Runtime(e.into()))
+            }
+            Err(_) => not_saved = format!("; {} was not written", path.display()),
         }
     }
-    if unmeasured.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::Runtime(anyhow::anyhow!(
-            "could not measure shard(s) {}; the figures above leave them out{not_saved}",
-            unmeasured.join(", ")
-        )))
+    // The schema not fitting the map is invalid input (2): a retry will not
+    // help. Unreachable shards and rows that cannot be routed are runtime
+    // problems (1).
+    let mut problems = mismatched.clone();
+    problems.extend(unmeasured.iter().cloned());
+    problems.extend(null_keys);
+    if problems.is_empty() {
+        return Ok(());
     }
+    let message = format!(
+        "{}\nthe figures above leave out what is named here{not_saved}",
+        problems.join("\n")
+    );
+    Err(if mismatched.is_empty() {
+        Failure::Runtime(anyhow::anyhow!(message))
+    } else {
+        Failure::invalid(message)
+    })
+}
+
+/// One line per table holding rows whose key is NULL: no token places
+/// them, so no shard owns them and no plan moves them.
+pub(super) fn null_key_problems(map: &ShardMap, measures: &[ShardMeasure]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in measures {
+        let Ok(stats) = &m.stats else { continue };
+        for (table, n) in stats.null_keys() {
+            let key = map
+                .tables()
+                .iter()
+                .find(|t| t.name == table)
+                .map_or("key", |t| t.key.as_str());
+            out.push(format!(
+                "shard {}: table {table}: {n} row{} with a NULL {key} cannot be routed",
+                m.shard,
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    out
 }
 
 /// Measures every shard of `map` now (see [`live::measure`]).
@@ -158,6 +199,7 @@ fn report_json(
                 "weight": m.weight,
                 "status": "ok",
                 "rows": stats.total(Metric::Rows),
+                "null_keys": stats.null_keys().map(|(_, n)| n).sum::<u64>(),
                 "bytes": stats.total(Metric::Bytes),
                 "writes": stats.total(Metric::Writes),
                 "reads": stats.total(Metric::Reads),
@@ -194,6 +236,12 @@ fn report_json(
             "reads": total_of(Metric::Reads),
         },
         "skew": skew,
+        "null_keys": measures.iter().filter_map(|m| {
+            let stats = m.stats.as_ref().ok()?;
+            Some(stats.null_keys().map(|(table, rows)| json!({
+                "shard": m.shard, "table": table, "rows": rows,
+            })).collect::<Vec<_>>())
+        }).flatten().collect::<Vec<_>>(),
         "not_measured": measures.iter().filter(|m| m.stats.is_err()).map(|m| &m.shard).collect::<Vec<_>>(),
         "histogram": { "buckets": BUCKETS, "rows": live::bucket_rows(measures) },
     })
@@ -247,6 +295,22 @@ fn report_text(report: &Value) -> String {
             percent(s["hottest_share"].as_f64().unwrap_or(0.0), 1)
         )),
         None => out.push_str(&format!("skew by {by}: nothing to compare\n")),
+    }
+    let nulls: Vec<&Value> = report["null_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    if !nulls.is_empty() {
+        out.push_str("rows with a NULL key (no token, not in the figures above):\n");
+        for n in nulls {
+            out.push_str(&format!(
+                "  {} {}: {} rows\n",
+                n["shard"].as_str().unwrap_or("?"),
+                n["table"].as_str().unwrap_or("?"),
+                num(&n["rows"])
+            ));
+        }
     }
     let mut hot: Vec<&Value> = report["shards"]
         .as_array()

@@ -353,7 +353,16 @@ fn reserved_table_names_and_integer_keys_are_measured() {
     let path = f.path().to_str().unwrap();
     let out = postshard(&["skew", "--map", path, "--json"], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The `order` row without a key on each shard is a problem (exit 1).
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for shard in ["s0", "s1"] {
+        assert!(
+            stderr.contains(&format!(
+                "shard {shard}: table order: 1 row with a NULL post_id cannot be routed"
+            )),
+            "{stderr}"
+        );
+    }
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let mut want = vec![0u64; BUCKETS];
     for (i, owned) in ids.iter().enumerate() {
@@ -362,8 +371,10 @@ fn reserved_table_names_and_integer_keys_are_measured() {
         let comments = if i == 0 { 25 } else { 0 };
         assert_eq!(tables["posts"]["rows"], owned.len() as u64, "{tables}");
         assert_eq!(tables["comments"]["rows"], comments, "{tables}");
-        // The row without a key is counted, but has no token.
-        assert_eq!(tables["order"]["rows"], even + 1, "{tables}");
+        // The row without a key has no token: counted apart, not in rows.
+        assert_eq!(tables["order"]["rows"], even, "{tables}");
+        assert_eq!(tables["order"]["null_keys"], 1, "{tables}");
+        assert_eq!(report["shards"][i]["null_keys"], 1, "{tables}");
         assert_eq!(tables["user"]["rows"], 3, "{tables}");
         assert!(tables["order"]["bytes"].as_u64().unwrap() > 0, "{tables}");
         for (n, id) in owned.iter().enumerate() {
@@ -383,15 +394,16 @@ fn reserved_table_names_and_integer_keys_are_measured() {
         .psql("ALTER TABLE \"order\" ALTER post_id TYPE text; INSERT INTO \"order\" VALUES ('abc', 1)")
         .expect("text key");
     let out = postshard(&["skew", "--map", path, "--json"], "");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["shards"][0]["status"], "ok");
     let s1 = &report["shards"][1];
     assert_eq!(s1["status"], "failed", "{s1}");
     let error = s1["error"].as_str().unwrap();
-    assert!(
-        error.contains("shard s1") && error.contains("(table order, key column post_id)"),
-        "{error}"
+    assert_eq!(
+        error,
+        "shard s1: table order: key column post_id is of type text; \
+         a key must be smallint, integer or bigint (or a domain over one)"
     );
 }
 
