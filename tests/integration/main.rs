@@ -8,4 +8,5 @@ mod plan_cli;
 mod router_pg;
 mod skew_activity;
 mod skew_live;
+mod skew_schemas;
 mod skew_simulate;

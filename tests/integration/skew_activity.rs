@@ -12,17 +12,23 @@ use crate::common::{map_for, FORUM_SCHEMA};
 
 /// The `application_name` the CLI's connections carry, to find them in
 /// `pg_stat_activity`.
-const APP: &str = "postshard_skew_activity";
+pub const APP: &str = "postshard_skew_activity";
 
 /// Makes the session flush its statistics before psql gets its answer
 /// (PostgreSQL 15 otherwise flushes at most once a second, or at exit,
 /// after psql has returned).
-const FLUSH: &str = "SELECT pg_stat_force_next_flush();";
+pub const FLUSH: &str = "SELECT pg_stat_force_next_flush();";
 
 /// Runs `postshard skew --by BY --window 2 --json` in a thread; once each
 /// shard's first sample of the activity counters is taken, runs `during[i]`
-/// on shard i, then returns the report.
-fn skew_while(cluster: &Cluster, map_path: &str, by: &str, during: &[String]) -> Value {
+/// on shard i, then returns the report, checking the exit code is `code`.
+pub fn skew_while(
+    cluster: &Cluster,
+    map_path: &str,
+    by: &str,
+    during: &[String],
+    code: i32,
+) -> Value {
     let args: Vec<String> = [
         "skew", "--map", map_path, "--by", by, "--window", "2", "--json",
     ]
@@ -60,7 +66,7 @@ fn skew_while(cluster: &Cluster, map_path: &str, by: &str, during: &[String]) ->
     let out = cli.join().expect("CLI thread");
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(code),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -116,6 +122,7 @@ fn writes_and_reads_in_the_window_are_counted_exactly() {
             format!("{seq_scan} SELECT count(*) FROM posts;"),
             String::new(),
         ],
+        0,
     );
     // A sequential scan reads every row once.
     let reads = [30 + 30 + 5, 20, 0];
@@ -160,6 +167,7 @@ fn writes_and_reads_in_the_window_are_counted_exactly() {
                 ids[2][2]
             ),
         ],
+        0,
     );
     let writes = [10, 0, 7];
     for (i, want) in writes.iter().enumerate() {
