@@ -86,10 +86,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
     };
     let measures = measure(&map, options)?;
     let report = report_json(&map, &measures, metric, window);
-    if args.json {
-        print(format!("{report}\n"))?;
+    let printed = if args.json {
+        print(format!("{report}\n"))
     } else {
-        print(report_text(&report))?;
+        print(report_text(&report))
+    };
+    // A closed stdout must not hide the problems below: they go to stderr.
+    match printed {
+        Err(Failure::ClosedStdout) | Ok(()) => {}
+        Err(e) => return Err(e),
     }
     let failed = |schema: bool| -> Vec<String> {
         measures
@@ -121,7 +126,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     problems.extend(unmeasured.iter().cloned());
     problems.extend(null_keys);
     if problems.is_empty() {
-        return Ok(());
+        return printed;
     }
     let message = format!(
         "{}\nthe figures above leave out what is named here{not_saved}",

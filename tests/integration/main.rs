@@ -1,6 +1,7 @@
 //! Integration tests of postshard, against real throwaway PostgreSQL servers
 //! and the built `postshard` binary. One binary, one module per area.
 
+mod cli_files;
 mod cli_map;
 mod common;
 mod hash_pg;
