@@ -223,6 +223,17 @@ fn outputs_follow_symlinks_and_write_through_fifos_and_devices() {
             assert_no_temp_files(Path::new("/dev"));
         }
 
+        // A symlink loop is refused (exit 1), naming the link.
+        let looped = d.join("loop.link");
+        std::os::unix::fs::symlink("loop.link", &looped).unwrap();
+        let out = run(&(w.args)(&map, &looped));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("loop.link"),
+            "{}",
+            text(&out.stderr)
+        );
+
         // A directory is refused (exit 1), naming it.
         let out = run(&(w.args)(&map, &sub));
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));

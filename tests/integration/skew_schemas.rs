@@ -115,7 +115,10 @@ fn nested_partitions_null_keys_and_non_integer_keys() {
     }
     let f = map_file(&map.to_yaml());
     let path = f.path().to_str().unwrap();
+    // The load file is saved through a symlink, which stays one.
     let load = f.path().with_extension("load.json");
+    let load_target = f.path().with_extension("load-target.json");
+    std::os::unix::fs::symlink(&load_target, &load).expect("symlink");
 
     // Activity during a window lands on the leaves and is summed. Reads
     // first: no earlier CLI session's own scans can be flushed late.
@@ -222,6 +225,11 @@ fn nested_partitions_null_keys_and_non_integer_keys() {
     assert_eq!(got, want);
     assert_eq!(report["null_keys"][0]["shard"], "s0", "{report}");
     assert_eq!(report["null_keys"][0]["rows"], 4, "{report}");
+    assert!(std::fs::symlink_metadata(&load)
+        .expect("link")
+        .file_type()
+        .is_symlink());
+    assert!(load_target.exists());
     // The load file adds up: shard totals are their buckets' sum.
     let saved: LoadReport =
         serde_json::from_str(&std::fs::read_to_string(&load).expect("load file written"))
@@ -259,6 +267,9 @@ fn nested_partitions_null_keys_and_non_integer_keys() {
         saved.shards.values().sum::<u64>(),
         saved.bucket_loads.iter().sum::<u64>()
     );
+    for path in [&load, &load_target] {
+        std::fs::remove_file(path).expect("remove load file");
+    }
     // Planning from live counts warns about the rows it cannot move.
     let out = postshard(&["plan", "balance", "--map", path, "--by", "rows"], "");
     let err = stderr(&out);
