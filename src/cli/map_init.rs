@@ -55,8 +55,10 @@ fn build(args: &Args) -> Result<ShardMap, Failure> {
                     postshard_router::map::MAX_WEIGHT
                 ))
             })?;
-        weights[i] = w;
-        shards[i] = shards[i].clone().with_weight(w);
+        if let (Some(weight), Some(shard)) = (weights.get_mut(i), shards.get_mut(i)) {
+            *weight = w;
+            *shard = shard.clone().with_weight(w);
+        }
     }
     let table_specs = if args.tables.is_empty() {
         vec!["posts:id".to_string(), "comments:post_id".to_string()]

@@ -420,7 +420,9 @@ fn write_summary(
     );
     for name in names {
         let (was, now) = (before.shard_index(name), after.shard_index(name));
-        let weight = |map: &ShardMap, i: Option<usize>| i.map(|i| map.shards()[i].weight);
+        let weight = |map: &ShardMap, i: Option<usize>| {
+            i.and_then(|i| map.shards().get(i)).map(|s| s.weight)
+        };
         let weight = match (weight(before, was), weight(after, now)) {
             (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
             (Some(w), _) | (None, Some(w)) => w.to_string(),

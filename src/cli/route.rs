@@ -103,7 +103,11 @@ fn shown_bytes(bytes: &[u8]) -> String {
 
 fn write_route(out: &mut impl Write, map: &ShardMap, id: i64, json: bool) -> std::io::Result<()> {
     let token = map.token(id);
-    let shard = &map.shards()[map.ring().owner(token)].name;
+    // A validated map's ring only names its shards.
+    let shard = map
+        .shards()
+        .get(map.ring().owner(token))
+        .map_or("?", |s| s.name.as_str());
     if json {
         // Shard names are letters, digits, `_` and `-`: no JSON escaping needed.
         writeln!(
