@@ -343,7 +343,12 @@ fn big_map(arcs: i64) -> String {
 
 /// Runs `args` with stdout a pipe whose reader reads `lines` lines, then
 /// closes it; returns the exit code and stderr.
-fn closed_early(args: &[String], cwd: &Path, lines: usize, stdin: &[u8]) -> (Option<i32>, String) {
+pub fn closed_early(
+    args: &[String],
+    cwd: &Path,
+    lines: usize,
+    stdin: &[u8],
+) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(cwd)

@@ -3,6 +3,8 @@
 //! schema), keys of a domain type, rows whose key is NULL, and key columns
 //! that are not integers.
 
+use std::path::Path;
+
 use postshard_rebalancer::layout::balanced_arcs;
 use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::ring::{bucket_of, BUCKETS};
@@ -10,6 +12,7 @@ use postshard_router::{LoadReport, ShardMap};
 use postshard_sandbox::Cluster;
 use serde_json::Value;
 
+use crate::cli_files::closed_early;
 use crate::cli_map::{map_file, postshard};
 use crate::skew_activity::{skew_while, APP, FLUSH};
 
@@ -269,6 +272,17 @@ fn nested_partitions_null_keys_and_non_integer_keys() {
     );
     for path in [&load, &load_target] {
         std::fs::remove_file(path).expect("remove load file");
+    }
+    // With stdout closed early the problems still reach stderr, exit 1.
+    for json in [false, true] {
+        let mut args = vec!["skew".to_string(), "--map".into(), path.into()];
+        if json {
+            args.push("--json".into());
+        }
+        let (code, err) = closed_early(&args, Path::new("."), 0, b"");
+        assert_eq!(code, Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("shard s0: table comments: 4 rows"), "{err}");
     }
     // Planning from live counts warns about the rows it cannot move.
     let out = postshard(&["plan", "balance", "--map", path, "--by", "rows"], "");
