@@ -18,7 +18,7 @@ use crate::skew::Skew;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
-    /// Rows in the sharded tables.
+    /// Rows with a key in the sharded tables (NULL keys are counted apart).
     Rows,
     /// Bytes on disk of the sharded tables, indexes and TOAST included.
     Bytes,

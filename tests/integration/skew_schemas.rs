@@ -305,7 +305,9 @@ fn keys_that_are_not_integers_and_missing_tables_are_refused() {
             .psql(
                 "CREATE DOMAIN small_ref AS smallint; CREATE DOMAIN ref AS small_ref;
                  CREATE TABLE posts (id integer PRIMARY KEY);
-                 INSERT INTO posts SELECT generate_series(1, 50);",
+                 INSERT INTO posts SELECT generate_series(1, 50);
+                 CREATE TABLE posts_old () INHERITS (posts);
+                 INSERT INTO posts_old SELECT generate_series(1001, 1007);",
             )
             .expect("schema");
     }
@@ -370,6 +372,18 @@ fn keys_that_are_not_integers_and_missing_tables_are_refused() {
             None => {
                 assert_eq!(out.status.code(), Some(0), "{type_name}: {err}");
                 assert_eq!(report["shards"][1]["tables"]["votes"]["rows"], 1);
+                // Legacy inheritance children count with their parent.
+                let posts = &report["shards"][1]["tables"]["posts"];
+                assert_eq!(posts["rows"], 57, "{posts}");
+                let bytes: u64 = cluster.servers()[1]
+                    .psql(
+                        "SELECT pg_total_relation_size('posts') \
+                         + pg_total_relation_size('posts_old')",
+                    )
+                    .expect("sizes")
+                    .parse()
+                    .expect("a size");
+                assert_eq!(posts["bytes"], bytes, "{posts}");
             }
         }
     }
