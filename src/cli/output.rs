@@ -134,6 +134,15 @@ pub fn write_files(files: &[(&Path, &[u8])]) -> Result<(), Failure> {
     let result = (|| {
         for (path, contents) in files {
             let real = resolve(path).map_err(|e| file_error(path, "resolving", e))?;
+            // Errors name the path given and, through a symlink, its target.
+            let stage = |real: &Path| {
+                stage(real, contents).map_err(|e| match e {
+                    Failure::Runtime(e) if real != *path => {
+                        Failure::Runtime(e.context(format!("through {}", path.display())))
+                    }
+                    e => e,
+                })
+            };
             let target = match std::fs::metadata(&real) {
                 Ok(meta) if meta.is_dir() => {
                     return Err(file_error(
@@ -144,11 +153,11 @@ pub fn write_files(files: &[(&Path, &[u8])]) -> Result<(), Failure> {
                 }
                 Ok(meta) if !meta.is_file() => Target::Through { path: real },
                 Ok(_) => Target::Replace {
-                    temp: stage(&real, contents)?,
+                    temp: stage(&real)?,
                     path: real,
                 },
                 Err(e) if e.kind() == ErrorKind::NotFound => Target::Replace {
-                    temp: stage(&real, contents)?,
+                    temp: stage(&real)?,
                     path: real,
                 },
                 Err(e) => return Err(file_error(path, "writing", e)),
