@@ -7,16 +7,15 @@ use bb8_postgres::PostgresConnectionManager;
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::connect::{pg_config, tls_connector, ConnectError};
+use crate::connect::{pg_config, tls_connector, ConnectError, TlsConnector};
 use crate::connect_failures::ConnectFailures;
 use crate::load::{LoadCounters, LoadReport};
 use crate::map::{Shard, ShardMap};
 use crate::url::ConnUrl;
 
 /// Pools connect with rustls, verifying as each shard's `sslmode` says.
-type Manager = PostgresConnectionManager<MakeRustlsConnect>;
+type Manager = PostgresConnectionManager<TlsConnector>;
 
 /// A pooled connection to one shard.
 pub type Client<'a> = PooledConnection<'a, Manager>;

@@ -288,3 +288,30 @@ pub fn texts(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+#[test]
+fn unix_socket_hosts_connect_in_both_forms() {
+    let cluster = scram_server();
+    let server = &cluster.servers()[0];
+    let (dir, port) = (server.dir().display().to_string(), server.port());
+    let rt = runtime();
+    for template in [
+        format!("host={dir} port={port} user=app dbname=forum"),
+        // sslmode does not apply to sockets, as in libpq.
+        format!("host='{dir}/' port={port} user=app dbname=forum sslmode=require"),
+        format!("postgres:///forum?host={dir}&port={port}&user=app"),
+        format!("postgresql://app@{}:{port}/forum", dir.replace('/', "%2F")),
+    ] {
+        let url = ConnUrl::expand(&template, |_| None).expect("valid URL");
+        let client = rt
+            .block_on(connect(&url, Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("{template}: {e}"));
+        let row = rt
+            .block_on(
+                client.query_one("SELECT current_user::text, inet_server_addr() IS NULL", &[]),
+            )
+            .expect("query");
+        assert_eq!(row.get::<_, String>(0), "app", "{template}");
+        assert!(row.get::<_, bool>(1), "{template}: not over the socket");
+    }
+}

@@ -7,10 +7,11 @@
 
 mod tls;
 
+pub use tls::TlsConnector;
+
 use std::time::Duration;
 
 use tokio_postgres::Client;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::router::describe;
 use crate::url::ConnUrl;
@@ -54,6 +55,15 @@ pub enum ConnectError {
 /// `Result` for settings that may need checking here.
 pub fn pg_config(url: &ConnUrl, timeout: Duration) -> Result<tokio_postgres::Config, ConnectError> {
     let mut config = url.pg_config().clone();
+    // As libpq: sslmode does not apply to Unix sockets (PostgreSQL offers
+    // no TLS there), so a socket-only connection does not ask for it.
+    let sockets_only = config
+        .get_hosts()
+        .iter()
+        .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)));
+    if sockets_only {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     let timeout = match config.get_connect_timeout() {
         Some(own) => timeout.min(*own),
         None => timeout,
@@ -67,7 +77,7 @@ pub fn pg_config(url: &ConnUrl, timeout: Duration) -> Result<tokio_postgres::Con
 ///
 /// Errors: [`ConnectError::Tls`] naming the `sslrootcert` file when it
 /// cannot be read or holds no certificate.
-pub fn tls_connector(url: &ConnUrl) -> Result<MakeRustlsConnect, ConnectError> {
+pub fn tls_connector(url: &ConnUrl) -> Result<TlsConnector, ConnectError> {
     tls::connector(url).map_err(|detail| ConnectError::Tls {
         url: url.clone(),
         detail,

@@ -21,15 +21,42 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::url::{ConnUrl, RootCert, SslMode};
+
+/// The rustls connector, also usable for Unix-socket hosts: tokio-postgres
+/// asks for a TLS connector with an empty host name for them (PostgreSQL
+/// never offers TLS on a socket, so it is never used), which
+/// [`MakeRustlsConnect`] alone refuses, failing every socket connection.
+#[derive(Clone)]
+pub struct TlsConnector(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for TlsConnector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let name = if hostname.is_empty() {
+            "localhost"
+        } else {
+            hostname
+        };
+        MakeTlsConnect::<S>::make_tls_connect(&mut self.0, name)
+    }
+}
 
 /// The TLS connector for `url`'s `sslmode` and `sslrootcert`.
 ///
 /// Errors: a description naming the `sslrootcert` file when it cannot be
 /// read or holds no certificate, or when the system roots cannot be loaded.
-pub(crate) fn connector(url: &ConnUrl) -> Result<MakeRustlsConnect, String> {
+pub(crate) fn connector(url: &ConnUrl) -> Result<TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verify_chain = match url.sslmode() {
         SslMode::Disable | SslMode::Prefer => None,
@@ -57,7 +84,7 @@ pub(crate) fn connector(url: &ConnUrl) -> Result<MakeRustlsConnect, String> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    Ok(TlsConnector(MakeRustlsConnect::new(config)))
 }
 
 /// The roots `sslrootcert` names.

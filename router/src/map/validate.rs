@@ -165,9 +165,9 @@ pub(crate) fn validate(
             ck.report(
                 at("url"),
                 format!(
-                    "the URL `{}` holds a literal password (or a piece of one); write the \
-                     whole password as one ${{VAR}} (e.g. postgres://user:${{PGPASSWORD}}@host/db \
-                     or password=${{PGPASSWORD}}) so that no secret sits in the map or in plans \
+                    "the URL `{}` holds a literal password; write it as ${{VAR}}, the whole \
+                     password as one variable (e.g. postgres://user:${{PGPASSWORD}}@host/db or \
+                     password=${{PGPASSWORD}}), so that no secret sits in the map or in plans \
                      made from it",
                     redact(&s.url)
                 ),
@@ -177,7 +177,7 @@ pub(crate) fn validate(
             Ok(url) => check_url(&mut ck, &at("url"), &s.name, url, &mut endpoints),
             Err(problems) => {
                 for p in problems {
-                    ck.report(at("url"), format!("invalid connection string: {p}"));
+                    ck.report(at("url"), format!("invalid connection URL: {p}"));
                 }
                 None
             }
@@ -300,8 +300,8 @@ fn check_url(
         ck.report(
             path,
             format!(
-                "shard `{shard}` has the same server and database ({endpoint}) as shard \
-                 `{other}`: `{url}`"
+                "shard `{shard}` has the same server and database as shard `{other}` \
+                 ({endpoint}): `{url}`"
             ),
         );
     }
