@@ -235,6 +235,25 @@ fn a_literal_password_is_refused_without_showing_any_piece_of_it() {
         assert!(stderr.contains("shards[0].url"), "{url}: {stderr}");
         assert_no_secret(url, &format!("{stdout}{stderr}"));
     }
+    // Malformed strings whose password is a variable: refused (exit 2)
+    // without showing it either.
+    for url in [
+        format!("postgres://app:${{{PW_VAR}}}@127.0.0.1:notaport/forum"),
+        format!("postgres://app:${{{PW_VAR}}}@/forum"),
+        format!("host=127.0.0.1 password=${{{PW_VAR}}} sslmode=verify-everything"),
+        format!("host=127.0.0.1 password=${{{PW_VAR}}} sslcert=/x"),
+        format!("host='127.0.0.1 password=${{{PW_VAR}}}"),
+    ] {
+        let map = map_file(&one_shard_map("forum-a", &url));
+        let path = map.path().to_str().expect("utf-8 path");
+        for command in ["check", "skew"] {
+            let out = postshard_with(&[command, "--map", path], PW_VAR, PASSWORD);
+            let (stdout, stderr) = texts(&out);
+            assert_eq!(out.status.code(), Some(2), "{url}\n{stdout}{stderr}");
+            assert!(stderr.contains("shards[0].url"), "{url}: {stderr}");
+            assert_no_secret(&url, &format!("{stdout}{stderr}"));
+        }
+    }
     // The variable form of the same is accepted (the example).
     let url = format!("host=127.0.0.1 port=5432 password=${{{PW_VAR}}} user=app dbname=forum");
     let map = map_file(&one_shard_map("forum-a", &url));

@@ -10,7 +10,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use crate::cli_map::map_file;
 use crate::common::{runtime, FORUM_SCHEMA};
-use crate::conn_secrets::{one_shard_map, postshard_with, texts};
+use crate::conn_secrets::{
+    assert_no_secret, one_shard_map, postshard_with, texts, PASSWORD, PW_VAR,
+};
 
 /// TLS only: every TCP connection must use TLS (`hostssl` lines only).
 const TLS_ONLY_HBA: &str = "\
@@ -218,14 +220,18 @@ fn router_pools_verify_the_server() {
 #[test]
 fn the_binary_reports_tls_failures_naming_the_shard() {
     let s = setup();
+    // Each URL also carries a password (the server trusts, so it is
+    // unused): no failure may show a piece of it.
     let run = |url: &str| {
-        let map = map_file(&one_shard_map("secure-shard", url));
+        let url = format!("{url}&password=${{{PW_VAR}}}");
+        let map = map_file(&one_shard_map("secure-shard", &url));
         let out = postshard_with(
             &["skew", "--map", map.path().to_str().expect("path")],
-            "UNUSED",
-            "",
+            PW_VAR,
+            PASSWORD,
         );
         let (stdout, stderr) = texts(&out);
+        assert_no_secret(&url, &format!("{stdout}{stderr}"));
         (out.status.code(), stdout, stderr)
     };
     let (code, stdout, stderr) = run(&s.url(
