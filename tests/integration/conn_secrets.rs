@@ -5,6 +5,7 @@
 //! and never a piece of the password in any output.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -260,6 +261,16 @@ fn a_literal_password_is_refused_without_showing_any_piece_of_it() {
     let path = map.path().to_str().expect("utf-8 path");
     let out = postshard_with(&["check", "--map", path], PW_VAR, PASSWORD);
     assert_eq!(out.status.code(), Some(0), "{}", texts(&out).1);
+    // A value that is not UTF-8 is named as such, not as unset.
+    let out = Command::new(BIN)
+        .args(["check", "--map", path])
+        .env(PW_VAR, std::ffi::OsStr::from_bytes(b"Secret\xffTail42"))
+        .output()
+        .expect("run postshard");
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("is not valid UTF-8"), "{stderr}");
+    assert_no_secret("non-UTF-8", &format!("{stdout}{stderr}"));
 }
 
 #[test]

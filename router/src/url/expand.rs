@@ -45,7 +45,15 @@ pub(crate) fn substitute(
     } else {
         Err(unset
             .into_iter()
-            .map(|name| format!("environment variable `{name}` is not set"))
+            .map(|name| {
+                // The lookup takes UTF-8 text; say so rather than "not set"
+                // when the process's variable holds other bytes.
+                if std::env::var_os(&name).is_some_and(|v| v.to_str().is_none()) {
+                    format!("environment variable `{name}` is not valid UTF-8")
+                } else {
+                    format!("environment variable `{name}` is not set")
+                }
+            })
             .collect())
     }
 }
