@@ -225,3 +225,34 @@ fn tls_settings_are_read_in_both_forms() {
         assert_eq!(url.sslrootcert(), root.as_ref(), "{t}");
     }
 }
+
+proptest::proptest! {
+    /// Whatever a variable holds, it is the password byte for byte, the
+    /// other fields stay as written, and the canonical form never shows it.
+    #[test]
+    fn any_value_is_the_password_byte_for_byte(pw in proptest::prelude::any::<String>()) {
+        let templates = [
+            "postgres://app:${PW}@db.example:5433/forum",
+            "postgres://app@db.example:5433/forum?password=${PW}",
+            "host=db.example port=5433 password=${PW} user=app dbname=forum",
+            "host=db.example port=5433 user=app dbname=forum password='${PW}'",
+        ];
+        for template in templates {
+            let value = pw.clone();
+            let url = ConnUrl::expand(template, move |_| Some(value.clone()))
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:?}")))?;
+            let c = url.pg_config();
+            let want = (!pw.is_empty()).then_some(pw.as_bytes());
+            proptest::prop_assert_eq!(c.get_password(), want);
+            proptest::prop_assert_eq!(c.get_hosts(), [Host::Tcp("db.example".into())]);
+            proptest::prop_assert_eq!(c.get_ports(), [5433]);
+            proptest::prop_assert_eq!(c.get_user(), Some("app"));
+            proptest::prop_assert_eq!(c.get_dbname(), Some("forum"));
+            let shown = format!("{url} {url:?}");
+            // Short values may occur in the rest of the text by chance.
+            if pw.chars().count() >= 6 {
+                proptest::prop_assert!(!shown.contains(&pw), "{}", shown);
+            }
+        }
+    }
+}
