@@ -95,11 +95,10 @@ impl View {
                 if n > 0 {
                     out.push(',');
                 }
-                let shown = url_value(host, URL_PART);
                 if is_ipv6(host) {
                     let _ = write!(out, "[{}]", plain(host));
                 } else {
-                    out.push_str(&shown);
+                    out.push_str(&url_value(host, URL_PART));
                 }
                 let port = match self.ports.as_slice() {
                     [one] => Some(one),
