@@ -6,15 +6,16 @@ use bb8::{Pool, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
-use crate::connect::{pg_config, ConnectError};
+use crate::connect::{pg_config, tls_connector, ConnectError, TlsConnector};
 use crate::connect_failures::ConnectFailures;
 use crate::load::{LoadCounters, LoadReport};
 use crate::map::{Shard, ShardMap};
 use crate::url::ConnUrl;
 
-type Manager = PostgresConnectionManager<NoTls>;
+/// Pools connect with rustls, verifying as each shard's `sslmode` says.
+type Manager = PostgresConnectionManager<TlsConnector>;
 
 /// A pooled connection to one shard.
 pub type Client<'a> = PooledConnection<'a, Manager>;
@@ -25,7 +26,8 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// A failure talking to a shard; always names the shard and its (redacted) URL.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    /// The shard's URL is not a valid tokio-postgres configuration.
+    /// The shard's connection settings cannot be used (say, its
+    /// `sslrootcert` file cannot be read).
     #[error("shard {shard}: {source}")]
     Config {
         /// Shard name.
@@ -123,6 +125,10 @@ impl Router {
                     source: e,
                 }
             })?;
+            let tls = tls_connector(&shard.url).map_err(|e| RouterError::Config {
+                shard: shard.name.clone(),
+                source: e,
+            })?;
             let failed = ConnectFailures::default();
             let pool = Pool::builder()
                 .max_size(shard.pool.max_size)
@@ -131,7 +137,7 @@ impl Router {
                 // so `client_of` can fail fast with the driver's reason.
                 .retry_connection(false)
                 .error_sink(Box::new(failed.clone()))
-                .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+                .build_unchecked(PostgresConnectionManager::new(config, tls));
             pools.push(pool);
             failures.push(failed);
         }

@@ -1,12 +1,15 @@
 //! One sandbox server: its directory, port and `postgres` process.
 
+use std::fs;
 use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tempfile::TempDir;
 
 use crate::bin::{Bin, SUPERUSER};
+use crate::cluster::DataFile;
 use crate::postmaster::{Postmaster, StopMode};
 use crate::template::Template;
 use crate::SandboxError;
@@ -33,16 +36,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Copies `template` into a new directory and starts a server on it on
-    /// a free port, with `settings` added.
+    /// Copies `template` into a new directory, writes `files` into its data
+    /// directory and starts a server on it on a free port, with `settings`
+    /// added.
     pub(crate) fn create(
         template: &Template,
         database: &str,
         settings: &[(String, String)],
+        files: &[DataFile],
     ) -> Result<Server, SandboxError> {
         let bin = template.bin().clone();
         let dir = crate::scratch::create(&bin)?;
         template.copy_to(dir.path())?;
+        for file in files {
+            let path = dir.path().join("data").join(&file.name);
+            fs::write(&path, &file.contents).map_err(SandboxError::io("write", &path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(file.mode))
+                .map_err(SandboxError::io("set permissions of", &path))?;
+            bin.user().own(&path)?;
+        }
         let mut attempt = 1;
         let (postmaster, port) = loop {
             let port = free_port()?;

@@ -4,6 +4,8 @@
 mod cli_files;
 mod cli_map;
 mod common;
+mod conn_secrets;
+mod conn_tls;
 mod hash_pg;
 mod plan_cli;
 mod router_pg;

@@ -1,7 +1,6 @@
 //! One pass from [`RawMap`] to [`ShardMap`] that collects every problem.
 
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::Problem;
@@ -9,7 +8,7 @@ use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
-use crate::url::{has_literal_password, redact, ConnUrl};
+use crate::url::{has_literal_password, redact, ConnUrl, Endpoint};
 
 /// Most shards a map may hold.
 pub const MAX_SHARDS: usize = 4096;
@@ -137,7 +136,7 @@ pub(crate) fn validate(
 
     let mut shards = Vec::new();
     let mut index_of = HashMap::new();
-    let mut endpoints: HashMap<String, String> = HashMap::new();
+    let mut endpoints: HashMap<Endpoint, String> = HashMap::new();
     if raw.shards.is_empty() {
         ck.report("shards", "no shards: list at least one shard");
     } else if raw.shards.len() > MAX_SHARDS {
@@ -166,9 +165,10 @@ pub(crate) fn validate(
             ck.report(
                 at("url"),
                 format!(
-                    "the URL `{}` holds a literal password; write it as ${{VAR}} (e.g. \
-                     postgres://user:${{PGPASSWORD}}@host/db) so that no secret sits in the map \
-                     or in plans made from it",
+                    "the URL `{}` holds a literal password; write it as ${{VAR}}, the whole \
+                     password as one variable (e.g. postgres://user:${{PGPASSWORD}}@host/db or \
+                     password=${{PGPASSWORD}}), so that no secret sits in the map or in plans \
+                     made from it",
                     redact(&s.url)
                 ),
             );
@@ -177,7 +177,7 @@ pub(crate) fn validate(
             Ok(url) => check_url(&mut ck, &at("url"), &s.name, url, &mut endpoints),
             Err(problems) => {
                 for p in problems {
-                    ck.report(at("url"), p);
+                    ck.report(at("url"), format!("invalid connection URL: {p}"));
                 }
                 None
             }
@@ -273,39 +273,36 @@ pub(crate) fn validate(
     }
 }
 
-/// Parses an expanded URL and checks that no other shard points at the same
-/// server and database.
+/// Checks that the expanded URL's TLS settings can be used (the
+/// `sslrootcert` file is readable and holds certificates) and that no other
+/// shard reaches the same server and database, comparing normalized
+/// endpoints (see [`crate::url::Endpoint`]).
 fn check_url(
     ck: &mut Checker<'_>,
     path: &str,
     shard: &str,
     url: ConnUrl,
-    endpoints: &mut HashMap<String, String>,
+    endpoints: &mut HashMap<Endpoint, String>,
 ) -> Option<ConnUrl> {
-    let config = match tokio_postgres::Config::from_str(url.expose()) {
-        Ok(config) => config,
-        Err(e) => {
-            ck.report(path, format!("invalid connection URL `{url}`: {e}"));
-            return None;
-        }
-    };
-    if config.get_hosts().is_empty() {
-        ck.report(path, format!("connection URL `{url}` names no host"));
+    if let Err(e) = crate::connect::tls_connector(&url) {
+        ck.report(path, e.to_string());
         return None;
     }
-    let ports = match config.get_ports() {
-        [] => &[5432][..],
-        ports => ports,
-    };
-    let endpoint = format!(
-        "{:?} {ports:?} {:?}",
-        config.get_hosts(),
-        config.get_dbname().or(config.get_user())
-    );
-    if let Some(other) = endpoints.insert(endpoint, shard.to_string()) {
+    let mut clash = None;
+    for endpoint in url.endpoints() {
+        if let Some(other) = endpoints.get(&endpoint) {
+            clash.get_or_insert((endpoint.clone(), other.clone()));
+        } else {
+            endpoints.insert(endpoint, shard.to_string());
+        }
+    }
+    if let Some((endpoint, other)) = clash {
         ck.report(
             path,
-            format!("shard `{shard}` has the same server and database as shard `{other}`: `{url}`"),
+            format!(
+                "shard `{shard}` has the same server and database as shard `{other}` \
+                 ({endpoint}): `{url}`"
+            ),
         );
     }
     Some(url)
