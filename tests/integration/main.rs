@@ -5,6 +5,7 @@ mod cli_map;
 mod common;
 mod hash_pg;
 mod plan_cli;
+mod range_copy;
 mod router_pg;
 mod skew_activity;
 mod skew_live;
