@@ -10,3 +10,4 @@ mod router_pg;
 mod skew_activity;
 mod skew_live;
 mod skew_simulate;
+mod verify_cli;

@@ -56,6 +56,17 @@ pub enum ProblemKind {
     Misplaced,
 }
 
+impl ProblemKind {
+    /// The kind as JSON spells it (`null_key`, `duplicated`, `misplaced`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::NullKey => "null_key",
+            ProblemKind::Duplicated => "duplicated",
+            ProblemKind::Misplaced => "misplaced",
+        }
+    }
+}
+
 /// Rows of one key (or, for [`ProblemKind::NullKey`], of no key) found where
 /// they must not be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
