@@ -538,3 +538,104 @@ fn partitioned_tables_with_integer_keys_copy_and_delete_only_the_range() {
         assert_eq!(source.psql(all).unwrap(), kept.join("\n"));
     });
 }
+
+/// With an exported snapshot (how the online mode lines the backfill up
+/// with change capture), copy and checksum see the source as of that
+/// snapshot, not rows committed after it.
+#[test]
+fn copy_and_checksum_read_an_exported_snapshot() {
+    let cluster = Cluster::start(2).expect("start PostgreSQL");
+    let (source, target) = (&cluster.servers()[0], &cluster.servers()[1]);
+    let range = TokenRange::ring();
+    setup(&cluster, range);
+    target.psql("TRUNCATE posts, comments").unwrap();
+    let tables = tables();
+    runtime().block_on(async {
+        let mut holder = connect(&source.url()).await;
+        let mut from = connect(&source.url()).await;
+        let mut to = connect(&target.url()).await;
+        let exporting = holder
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .unwrap();
+        let snapshot: String = exporting
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let at_snapshot = source
+            .psql("SELECT (SELECT count(*) FROM posts) + (SELECT count(*) FROM comments)")
+            .unwrap();
+        source
+            .psql("INSERT INTO posts (id, board, title, body) VALUES (999999, 1, 'later', 'later')")
+            .unwrap();
+        let spec = CopySpec {
+            tables: &tables,
+            seed: SEED,
+            range,
+            snapshot: Some(&snapshot),
+        };
+        let copied = copy_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            Endpoint {
+                shard: "s1",
+                client: &mut to,
+            },
+            &spec,
+        )
+        .await
+        .expect("copy");
+        let rows: u64 = copied.iter().map(|t| t.rows).sum();
+        assert_eq!(rows.to_string(), at_snapshot);
+        assert_eq!(
+            target
+                .psql("SELECT count(*) FROM posts WHERE id = 999999")
+                .unwrap(),
+            "0"
+        );
+        let then = checksum_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            &tables,
+            SEED,
+            range,
+            Some(&snapshot),
+        )
+        .await
+        .expect("checksum at snapshot");
+        let now = checksum_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            &tables,
+            SEED,
+            range,
+            None,
+        )
+        .await
+        .expect("checksum now");
+        let copy = checksum_range(
+            Endpoint {
+                shard: "s1",
+                client: &mut to,
+            },
+            &tables,
+            SEED,
+            range,
+            None,
+        )
+        .await
+        .expect("target checksum");
+        assert_eq!(then, copy);
+        assert_eq!(now[0].rows, then[0].rows + 1);
+        exporting.commit().await.unwrap();
+    });
+}
