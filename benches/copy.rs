@@ -154,6 +154,7 @@ async fn postshard_copy(
             seed: SEED,
             range,
             snapshot: None,
+            progress: None,
         },
     )
     .await

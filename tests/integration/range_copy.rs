@@ -4,7 +4,8 @@
 //! one side only.
 
 use postshard_rebalancer::range::{
-    checksum_range, copy_range, delete_range, CopyError, CopySpec, Endpoint, TokenRange, RING_END,
+    checksum_range, copy_range, delete_range, CopyError, CopyProgress, CopySpec, Endpoint,
+    TokenRange, RING_END,
 };
 use postshard_router::hashint8extended;
 use postshard_router::map::Table;
@@ -197,11 +198,19 @@ fn copy_checksum_and_delete_a_range_of_a_real_forum() {
     );
 
     let tables = tables();
+    let reports = std::sync::Mutex::new(Vec::new());
+    let on_progress = |p: CopyProgress<'_>| {
+        reports
+            .lock()
+            .unwrap()
+            .push((p.table.to_string(), p.rows, p.bytes));
+    };
     let spec = CopySpec {
         tables: &tables,
         seed: SEED,
         range,
         snapshot: None,
+        progress: Some(&on_progress),
     };
     runtime().block_on(async {
         let mut from = connect(&source.url()).await;
@@ -223,6 +232,15 @@ fn copy_checksum_and_delete_a_range_of_a_real_forum() {
         assert_eq!(copied[0].replaced, 1, "the stale row is replaced");
         assert!(copied[0].bytes > 100_000, "{copied:?}");
         assert_eq!(copied[1].replaced, 1, "the stale row's comment is replaced");
+        // Progress ends with each table's totals.
+        let seen = reports.lock().unwrap().clone();
+        for t in &copied {
+            assert_eq!(
+                seen.iter().rev().find(|r| r.0 == t.table),
+                Some(&(t.table.clone(), t.rows, t.bytes)),
+                "{seen:?}"
+            );
+        }
 
         // Row by row, every column: the target's range equals the source's.
         assert_eq!(dump(target, &inside), dump(source, &inside));
@@ -390,6 +408,7 @@ fn copy_of_the_top_arc_has_no_upper_bound_and_differing_columns_are_refused() {
             seed: SEED,
             range: top,
             snapshot: None,
+            progress: None,
         };
         copy_range(
             Endpoint {
@@ -496,6 +515,7 @@ fn partitioned_tables_with_integer_keys_copy_and_delete_only_the_range() {
                 seed: SEED,
                 range,
                 snapshot: None,
+                progress: None,
             },
         )
         .await
@@ -576,6 +596,7 @@ fn copy_and_checksum_read_an_exported_snapshot() {
             seed: SEED,
             range,
             snapshot: Some(&snapshot),
+            progress: None,
         };
         let copied = copy_range(
             Endpoint {

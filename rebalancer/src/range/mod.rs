@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod copy;
 pub mod delete;
 pub mod schema;
+mod tuples;
 pub mod verify;
 
 use postshard_router::map::Table;
@@ -22,7 +23,7 @@ use postshard_router::Token;
 use tokio_postgres::Client;
 
 pub use checksum::{checksum_range, ChecksumError, TableChecksum};
-pub use copy::{copy_range, CopyError, CopySpec, TableCopied};
+pub use copy::{copy_range, CopyError, CopyProgress, CopySpec, OnProgress, TableCopied};
 pub use delete::{delete_range, DeleteError, TableDeleted};
 pub use schema::{read_schema, Column, SchemaError, TableSchema};
 pub use verify::{verify, Problem, ProblemKind, VerifyError, VerifyOptions, VerifyReport};
