@@ -660,3 +660,54 @@ fn copy_and_checksum_read_an_exported_snapshot() {
         exporting.commit().await.unwrap();
     });
 }
+
+/// A key that is not an integer, or a table missing on the target, stops
+/// the copy with an error naming shard, table and column, before any row.
+#[test]
+fn bad_keys_and_missing_tables_are_refused_by_name() {
+    let cluster = Cluster::start(2).expect("start PostgreSQL");
+    let (source, target) = (&cluster.servers()[0], &cluster.servers()[1]);
+    let schema = "CREATE TABLE tags (name text PRIMARY KEY, post bigint NOT NULL);
+                  CREATE DOMAIN post_id AS bigint;
+                  CREATE TABLE votes (post post_id NOT NULL, who int NOT NULL);";
+    source.psql(schema).unwrap();
+    source
+        .psql("INSERT INTO votes SELECT g, g FROM generate_series(1, 100) g")
+        .unwrap();
+    target
+        .psql("CREATE TABLE tags (name text PRIMARY KEY, post bigint NOT NULL)")
+        .unwrap();
+    let table = |name: &str, key: &str| Table {
+        name: name.into(),
+        key: key.into(),
+    };
+    runtime().block_on(async {
+        let mut from = connect(&source.url()).await;
+        let mut to = connect(&target.url()).await;
+        for (tables, want) in [
+            (
+                vec![table("tags", "name")],
+                "shard s0: table tags: key column name is text; postshard shards by smallint, integer or bigint keys",
+            ),
+            (vec![table("tags", "id")], "shard s0: table tags has no key column id"),
+            (vec![table("nope", "id")], "shard s0: table nope does not exist"),
+            // A domain over bigint is a fine key; the target lacks the table.
+            (vec![table("votes", "post")], "shard s1: table votes does not exist"),
+        ] {
+            let err = copy_range(
+                Endpoint { shard: "s0", client: &mut from },
+                Endpoint { shard: "s1", client: &mut to },
+                &CopySpec {
+                    tables: &tables,
+                    seed: SEED,
+                    range: TokenRange::ring(),
+                    snapshot: None,
+                    progress: None,
+                },
+            )
+            .await
+            .expect_err("refused");
+            assert_eq!(err.to_string(), want);
+        }
+    });
+}
