@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use postshard_rebalancer::layout::balanced_arcs;
 use postshard_rebalancer::range::{
-    copy_range, verify, CopySpec, Endpoint, TokenRange, VerifyOptions,
+    copy_range, delete_range, verify, CopySpec, Endpoint, TokenRange, VerifyOptions,
+    DEFAULT_BATCH_ROWS,
 };
 use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::map::Table;
@@ -346,17 +347,34 @@ fn main() {
         }
 
         // What the index costs every write: single-row INSERTs of comments
-        // on the loaded source (its indexes are full-sized).
+        // on the loaded source (its indexes are full-sized), from the client
+        // (round trip and commit included, what the app sees) and in a
+        // server-side loop (the executor and index work alone).
         let inserts = 5_000;
-        let mut costs = [Vec::new(), Vec::new()];
+        let in_loop = 20_000;
+        let mut client_costs = [Vec::new(), Vec::new()];
+        let mut loop_costs = [Vec::new(), Vec::new()];
         for round in 0..RUNS {
             for (i, indexed) in [false, true].into_iter().enumerate() {
                 if indexed {
                     run(source, "CREATE INDEX comments_token ON comments (hashint8extended(post_id, 0))");
                 }
                 let base = 10_000_000 * (round as i64 * 2 + i as i64 + 1);
-                if let Some(c) = costs.get_mut(i) {
-                    c.push(insert_cost(&from, inserts, base).await);
+                let client_cost = insert_cost(&from, inserts, base).await;
+                let start = Instant::now();
+                from.batch_execute(&format!(
+                    "DO $$ BEGIN FOR i IN 1..{in_loop} LOOP \
+                       INSERT INTO comments (post_id, author, body, created) \
+                       VALUES ({base} + 5000000 + i * 7919, 1, 'a comment of about a hundred bytes, \
+                       which is what most comments on a forum are like.', now()); \
+                     END LOOP; END $$"
+                ))
+                .await
+                .expect("insert loop");
+                let loop_cost = start.elapsed().as_secs_f64() * 1e6 / in_loop as f64;
+                if let (Some(c), Some(l)) = (client_costs.get_mut(i), loop_costs.get_mut(i)) {
+                    c.push(client_cost);
+                    l.push(loop_cost);
                 }
                 if indexed {
                     run(source, "DROP INDEX comments_token");
@@ -367,11 +385,16 @@ fn main() {
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
-        let without = med(&mut costs[0]);
-        let with = med(&mut costs[1]);
+        let (without, with) = (med(&mut client_costs[0]), med(&mut client_costs[1]));
         println!(
-            "single-row INSERT into comments ({inserts} per run): without index {without:.1} µs, \
-             with token index {with:.1} µs, ratio {:.3}",
+            "single-row INSERT into comments from the client ({inserts} per run): \
+             without index {without:.1} µs, with token index {with:.1} µs, ratio {:.3}",
+            with / without
+        );
+        let (without, with) = (med(&mut loop_costs[0]), med(&mut loop_costs[1]));
+        println!(
+            "single-row INSERT into comments in a server-side loop ({in_loop} per run): \
+             without index {without:.2} µs, with token index {with:.2} µs, ratio {:.3}",
             with / without
         );
 
@@ -413,6 +436,29 @@ fn main() {
         println!(
             "verify: {total} rows over 8 arcs, 50 strays found, in {took:.2?} ({:.0} rows/s)",
             rate(total, took)
+        );
+
+        // Deleting the quarter from the source in batches, as a move ends.
+        let start = Instant::now();
+        let deleted = delete_range(
+            Endpoint {
+                shard: "source",
+                client: &mut from,
+            },
+            &tables(),
+            SEED,
+            quarter,
+            DEFAULT_BATCH_ROWS,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+        let took = start.elapsed();
+        let rows: u64 = deleted.iter().map(|t| t.rows).sum();
+        let batches: u64 = deleted.iter().map(|t| t.batches).sum();
+        println!(
+            "delete of the quarter: {rows} rows in {batches} batches of up to {DEFAULT_BATCH_ROWS}, \
+             {took:.2?} ({:.0} rows/s)",
+            rate(rows, took)
         );
     });
 }
