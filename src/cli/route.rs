@@ -36,7 +36,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn route(args: Args) -> Result<(), Failure> {
-    let map = ShardMap::from_path(&args.map)?;
+    let map = super::map_source::load(&args.map)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     if args.ids.is_empty() {

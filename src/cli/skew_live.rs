@@ -61,7 +61,7 @@ impl From<By> for Metric {
 
 /// Measures every shard and prints the report; exit 1 if a shard was unreachable.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let map = ShardMap::from_path(&args.map)?;
+    let map = super::map_source::load(&args.map)?;
     let metric = Metric::from(args.by);
     let window = match (args.window, metric) {
         (Some(secs), _) if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) => {

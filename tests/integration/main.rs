@@ -3,6 +3,7 @@
 
 mod cli_map;
 mod common;
+mod control;
 mod hash_pg;
 mod plan_cli;
 mod router_pg;
