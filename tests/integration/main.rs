@@ -7,6 +7,7 @@ mod control;
 mod fence;
 mod hash_pg;
 mod init;
+mod live_router;
 mod plan_cli;
 mod router_pg;
 mod skew_activity;
