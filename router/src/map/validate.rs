@@ -218,6 +218,11 @@ pub(crate) fn validate(
         }
     }
 
+    let control = raw
+        .control
+        .as_deref()
+        .and_then(|template| check_control(&mut ck, template, env));
+
     let mut arcs = Vec::with_capacity(raw.ring.len());
     let mut previous: Option<i128> = None;
     if raw.ring.is_empty() {
@@ -264,11 +269,47 @@ pub(crate) fn validate(
             tables,
             shards,
             ring: Ring::from_checked(&arcs),
+            control,
         }),
         _ => {
             ck.problems
                 .sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
             Err(ck.problems)
+        }
+    }
+}
+
+/// The control store's URL: no literal password, every `${VAR}` set, a
+/// valid connection string whose TLS settings can be used. It may share a
+/// server (even a database) with a shard.
+fn check_control(
+    ck: &mut Checker<'_>,
+    template: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ConnUrl> {
+    if has_literal_password(template) {
+        ck.report(
+            "control",
+            format!(
+                "the URL `{}` holds a literal password; write it as ${{VAR}}",
+                redact(template)
+            ),
+        );
+        return None;
+    }
+    match ConnUrl::expand(template, env) {
+        Ok(url) => match crate::connect::tls_connector(&url) {
+            Ok(_) => Some(url),
+            Err(e) => {
+                ck.report("control", e.to_string());
+                None
+            }
+        },
+        Err(problems) => {
+            for p in problems {
+                ck.report("control", format!("invalid connection URL: {p}"));
+            }
+            None
         }
     }
 }
