@@ -1,16 +1,16 @@
-//! The plan file: a [`Plan`] in YAML, written by hand for one-line moves and
-//! read with serde, unknown fields denied.
+//! The plan file: a [`Plan`] in YAML, written by hand for one-line moves
+//! (every string through [`yaml_scalar`], so YAML 1.1 readers read it back
+//! the same) and read through [`yaml::from_str`], unknown fields denied.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use postshard_router::map::yaml_scalar;
+use postshard_router::map::yaml::{self, scalar as yaml_scalar};
 use postshard_router::{LoadUnit, Token};
 use serde::Deserialize;
 
 use super::histogram::TokenHistogram;
 use super::moves::tokens_between;
-use super::without_location;
 
 /// A rebalance plan: the shards after it and the token ranges that change
 /// owner, made for one version of the map.
@@ -102,12 +102,12 @@ impl Plan {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Plan, PlanFileError> {
-        serde_yaml::from_str(text).map_err(|e| PlanFileError::Parse {
+        yaml::from_str(text).map_err(|e| PlanFileError::Parse {
             origin: origin.to_string(),
-            location: e.location().map(|l| (l.line(), l.column())),
-            message: match e.location() {
-                Some(_) => without_location(&e.to_string()).to_string(),
-                None => e.to_string(),
+            location: e.location.map(|l| (l.line, l.column)),
+            message: match e.path.as_str() {
+                "" => e.message,
+                path => format!("{path}: {}", e.message),
             },
         })
     }
@@ -252,18 +252,20 @@ mod tests {
     }
 
     #[test]
-    fn errors_without_a_location_keep_the_separator() {
+    fn errors_name_the_origin_with_or_without_a_location() {
         let yaml = format!("{}---\nmore: 1\n", sample().to_yaml());
         let e = Plan::from_yaml_str(&yaml).unwrap_err();
-        assert!(
-            matches!(&e, PlanFileError::Parse { location: None, .. }),
-            "{e:?}"
+        let line = yaml.lines().count();
+        assert_eq!(
+            e.to_string(),
+            format!("<string>:{line}:1: more than one document; a file holds one")
         );
-        assert!(
-            e.to_string().starts_with("<string>: ")
-                && e.to_string().contains("more than one document"),
-            "{e}"
-        );
+        let e = PlanFileError::Parse {
+            origin: "p.yaml".to_string(),
+            location: None,
+            message: "bad".to_string(),
+        };
+        assert_eq!(e.to_string(), "p.yaml: bad");
         let e = Plan::from_yaml_str("base_version: 1\n").unwrap_err();
         assert_eq!(e.to_string(), "<string>:1:1: missing field `intent`");
     }

@@ -138,8 +138,10 @@ impl LoadFile {
         LoadFile::from_json_str(&text, &path.display().to_string())
     }
 
-    /// Parses a load file held in memory, naming `origin` in errors.
+    /// Parses a load file held in memory, naming `origin` in errors. A
+    /// leading UTF-8 byte-order mark is ignored (JSON parsers refuse it).
     pub fn from_json_str(text: &str, origin: &str) -> Result<LoadFile, LoadFileError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: LoadReport = serde_json::from_str(text).map_err(|e| LoadFileError::Parse {
             origin: origin.to_string(),
             line: e.line(),

@@ -1,24 +1,24 @@
 //! The shard map: which tables are sharded, which shards exist, and which
 //! shard owns each arc of the token ring.
 //!
-//! A map is loaded in two steps: the YAML is parsed into [`raw::RawMap`] with
-//! unknown fields denied, then validated into a [`ShardMap`] in one pass that
-//! reports every problem with its line and column. A validated map cannot fail
-//! to route.
+//! A map is loaded in two steps: the YAML is parsed ([`yaml`]) into
+//! [`raw::RawMap`] with unknown fields denied, then validated into a
+//! [`ShardMap`] in one pass that reports every problem with its line and
+//! column. A validated map cannot fail to route.
 
 mod emit;
 mod error;
 mod locate;
 pub mod raw;
 mod validate;
+pub mod yaml;
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use emit::yaml_scalar;
 pub use error::{MapError, Problem};
-pub use locate::Location;
 pub use validate::{MAX_SHARDS, MAX_WEIGHT};
+pub use yaml::Location;
 
 use crate::hash::{hashint8extended, Token};
 use crate::ring::{Ring, TOKEN_SPACE};
@@ -113,7 +113,13 @@ impl ShardMap {
             origin: origin.to_string(),
             problems,
         };
-        let raw: RawMap = serde_yaml::from_str(text).map_err(|e| invalid(vec![syntax(&e)]))?;
+        let raw: RawMap = yaml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                path: e.path,
+                location: e.location,
+                message: e.message,
+            }])
+        })?;
         validate::validate(raw, &locate::Locator::new(text), env).map_err(invalid)
     }
 
@@ -198,26 +204,4 @@ impl ShardMap {
 /// Resolves `${VAR}` from the process environment.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
-}
-
-/// A parse error from serde_yaml as a located problem.
-fn syntax(e: &serde_yaml::Error) -> Problem {
-    let text = e.to_string();
-    // serde_yaml appends " at line L column C"; the location is reported apart.
-    let message = match text.find(" at line ") {
-        Some(cut) if e.location().is_some() => text[..cut].to_string(),
-        _ => text,
-    };
-    let (path, message) = match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
-        _ => (String::new(), message),
-    };
-    Problem {
-        path,
-        location: e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        }),
-        message,
-    }
 }

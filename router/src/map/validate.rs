@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::error::Problem;
 use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
+use super::yaml;
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
 use crate::url::{has_literal_password, redact, ConnUrl};
@@ -34,19 +35,34 @@ impl Checker<'_> {
         });
     }
 
-    /// An integer in `min..=max`, or a problem naming the value.
+    /// An integer in `min..=max`, or a problem naming the value as written.
     fn integer(&mut self, path: &str, value: &RawValue, min: i128, max: i128) -> Option<i128> {
+        let written = self.locator.text(path).map(str::to_string);
+        let shown = |fallback: String| written.clone().unwrap_or(fallback);
         match value {
             RawValue::Int(n) if (min..=max).contains(n) => Some(*n),
             RawValue::Int(n) => {
-                self.report(path, format!("`{n}` is out of range {min}..={max}"));
+                self.report(path, out_of_range(&shown(n.to_string()), min, max));
+                None
+            }
+            // An integer too large for the parser's integers arrives as a float.
+            RawValue::Float(_) if written.as_deref().is_some_and(yaml::looks_like_integer) => {
+                self.report(path, out_of_range(&shown(String::new()), min, max));
                 None
             }
             RawValue::Float(x) if x.fract() == 0.0 => {
+                let text = shown(x.to_string());
                 self.report(
                     path,
-                    format!("`{x}` is written as a floating-point number; write a plain integer"),
+                    format!(
+                        "`{text}` is written as a floating-point number; write a plain integer"
+                    ),
                 );
+                None
+            }
+            RawValue::Float(x) => {
+                let text = shown(x.to_string());
+                self.report(path, format!("`{text}` is not an integer"));
                 None
             }
             other => {
@@ -55,6 +71,17 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// `text` is out of `min..=max`, naming the 64-bit range when that is it.
+fn out_of_range(text: &str, min: i128, max: i128) -> String {
+    let range = match (min, max) {
+        (min, max) if min == i128::from(i64::MIN) && max == i128::from(i64::MAX) => {
+            format!("the 64-bit range {min}..={max}")
+        }
+        _ => format!("range {min}..={max}"),
+    };
+    format!("`{text}` is out of {range}")
 }
 
 /// Lower-case SQL identifier, optionally schema-qualified: safe to paste into SQL.
