@@ -10,6 +10,8 @@ mod emit;
 mod error;
 mod locate;
 pub mod raw;
+#[cfg(test)]
+mod style_tests;
 mod validate;
 pub mod yaml;
 
