@@ -9,3 +9,4 @@ mod router_pg;
 mod skew_activity;
 mod skew_live;
 mod skew_simulate;
+mod yaml_files;
