@@ -121,6 +121,20 @@ fn numbers_are_quoted_as_written_and_duplicates_located() {
             "`18446744073709551616` is out of the 64-bit range".to_string(),
         ),
         (
+            "big weight with separators",
+            "weight: 1",
+            "weight: 1_000_000_000_000_000_000_000",
+            "12:13",
+            "`1_000_000_000_000_000_000_000` is out of range 1..=1000000".to_string(),
+        ),
+        (
+            "a name that reads as null",
+            "  - name: s1",
+            "  - name: null",
+            "10:11",
+            "shards[1].name: `null` reads as null, not a string; write \"null\"".to_string(),
+        ),
+        (
             "duplicate key",
             "    weight: 1",
             "    weight: 1\n    weight: 2",

@@ -52,3 +52,47 @@ fn write_yaml(map: &ShardMap, out: &mut String) -> std::fmt::Result {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::map::raw::{RawMap, RawShard, RawTable};
+    use crate::ShardMap;
+
+    #[test]
+    fn names_yaml_readers_could_misread_are_quoted_and_read_back() {
+        let names = [
+            "no",
+            "on",
+            "y",
+            "null",
+            "0x10",
+            "1_000",
+            "2001-12-14",
+            "-1",
+            "s0",
+        ];
+        let shards = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| RawShard::new(n, &format!("postgres://app@db{i}/forum")))
+            .collect();
+        let arcs: Vec<(i64, usize)> = (0..names.len())
+            .map(|i| (i64::MIN + (i as i64) * (1 << 59), i))
+            .collect();
+        let tables = vec![RawTable::new("no", "on"), RawTable::new("null", "y")];
+        let raw = RawMap::new(2, -7, tables, shards, &arcs);
+        let map = ShardMap::from_raw(raw, "test", &|_| None).unwrap();
+        let yaml = map.to_yaml();
+        for quoted in [
+            "name: \"no\"",
+            "{ name: \"no\", key: \"on\" }",
+            "shard: \"null\" }",
+            "name: \"0x10\"",
+            "name: \"2001-12-14\"",
+            "name: s0",
+        ] {
+            assert!(yaml.contains(quoted), "{quoted}: {yaml}");
+        }
+        assert_eq!(ShardMap::parse(&yaml, "back", &|_| None).unwrap(), map);
+    }
+}

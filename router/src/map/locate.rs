@@ -9,7 +9,7 @@ use super::yaml::{self, Location};
 /// Locations and texts of every value of the first document, keyed by path.
 #[derive(Debug, Default)]
 pub(crate) struct Locator {
-    nodes: HashMap<String, (Location, String)>,
+    nodes: HashMap<String, (Location, String, bool)>,
 }
 
 impl Locator {
@@ -17,7 +17,9 @@ impl Locator {
     pub(crate) fn new(text: &str) -> Self {
         let mut nodes = HashMap::new();
         for node in yaml::nodes(text).into_iter().filter(|n| !n.key) {
-            nodes.entry(node.path).or_insert((node.location, node.text));
+            nodes
+                .entry(node.path)
+                .or_insert((node.location, node.text, node.plain));
         }
         Locator { nodes }
     }
@@ -26,7 +28,7 @@ impl Locator {
     pub(crate) fn find(&self, path: &str) -> Option<Location> {
         let mut path = path;
         loop {
-            if let Some((loc, _)) = self.nodes.get(path) {
+            if let Some((loc, ..)) = self.nodes.get(path) {
                 return Some(*loc);
             }
             let cut = path.rfind(['.', '['])?;
@@ -36,7 +38,15 @@ impl Locator {
 
     /// The scalar at `path` as written, when the map came from text.
     pub(crate) fn text(&self, path: &str) -> Option<&str> {
-        self.nodes.get(path).map(|(_, text)| text.as_str())
+        self.nodes.get(path).map(|(_, text, _)| text.as_str())
+    }
+
+    /// Whether the scalar at `path` is written as a plain (unquoted) integer,
+    /// however large.
+    pub(crate) fn is_plain_integer(&self, path: &str) -> bool {
+        self.nodes
+            .get(path)
+            .is_some_and(|(_, text, plain)| *plain && yaml::looks_like_integer(text))
     }
 }
 
@@ -74,6 +84,9 @@ mod tests {
             Some(Location { line: 5, column: 5 })
         );
         assert_eq!(loc.text("shards[1].url"), Some("y"));
+        let loc = Locator::new("a: 1_000\nb: '12'\nc: -3\n");
+        assert!(loc.is_plain_integer("a") && loc.is_plain_integer("c"));
+        assert!(!loc.is_plain_integer("b"));
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::time::Duration;
 use super::error::Problem;
 use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
-use super::yaml;
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
 use crate::url::{has_literal_password, redact, ConnUrl};
@@ -45,8 +44,9 @@ impl Checker<'_> {
                 self.report(path, out_of_range(&shown(n.to_string()), min, max));
                 None
             }
-            // An integer too large for the parser's integers arrives as a float.
-            RawValue::Float(_) if written.as_deref().is_some_and(yaml::looks_like_integer) => {
+            // An integer too large for the parser's integers arrives as a
+            // float, or as text when written with `_` separators.
+            RawValue::Float(_) | RawValue::Text(_) if self.locator.is_plain_integer(path) => {
                 self.report(path, out_of_range(&shown(String::new()), min, max));
                 None
             }

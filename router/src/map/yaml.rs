@@ -15,7 +15,7 @@
 use std::fmt::Write;
 
 use serde::de::DeserializeOwned;
-use serde_saphyr::granit_parser::{Event, Parser};
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 use serde_saphyr::{DuplicateKeyPolicy, Options};
 
 /// A 1-based line and column (in characters) in a YAML file.
@@ -66,7 +66,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
         });
         let all = nodes(text);
         let mut at = location.and_then(|at| all.iter().find(|n| n.location == at));
-        let message = explain(&e.to_string(), location.is_some(), at);
+        let message = explain(&e, at);
         // A missing field is located at a key of its mapping: name the mapping.
         if message.starts_with("missing field") {
             if let Some(key) = at.filter(|n| n.key) {
@@ -85,46 +85,75 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
     })
 }
 
-/// The parser's message, without its trailing location, with library advice
-/// replaced by ours and numbers quoted as written.
-fn explain(message: &str, located: bool, at: Option<&Node>) -> String {
-    let message = match message.rfind(" at line ") {
-        Some(cut) if located => message.get(..cut).unwrap_or(message),
-        _ => message,
+/// The parser's error in our words: kinds we know are rephrased for people
+/// (no library advice), numbers are quoted as written; others keep the
+/// parser's message without its trailing location.
+fn explain(e: &serde_saphyr::Error, at: Option<&Node>) -> String {
+    use serde_saphyr::Error as E;
+    let value = at.filter(|n| !n.key);
+    let found = || match value {
+        Some(n) if n.text.is_empty() && !n.plain => String::from(": found a list or mapping"),
+        Some(n) if n.text.is_empty() => String::from(": found an empty value"),
+        Some(n) => format!(": found `{}`", n.text),
+        None => String::new(),
     };
-    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split_once(", set ").map_or(rest, |(key, _)| key);
-        return format!("duplicate key `{key}`");
-    }
-    if message.starts_with("multiple YAML documents detected") {
-        return "more than one document; a file holds one".to_string();
-    }
-    let shape = match message {
-        "expected mapping start" => Some("a mapping (`key: value` lines)"),
-        "expected sequence start" => Some("a list (`- item` lines or `[a, b]`)"),
-        "expected string scalar" => Some("a string"),
-        _ => None,
-    };
-    if let Some(shape) = shape {
-        let found = match at.filter(|n| !n.key) {
-            Some(n) if n.text.is_empty() => String::from(": found a list or mapping"),
-            Some(n) => format!(": found `{}`", n.text),
-            None => String::new(),
-        };
-        return format!("expected {shape}{found}");
-    }
-    let written = at.filter(|n| !n.key).map(|n| n.text.as_str());
-    if let (Some(ty), Some(written)) = (message.strip_prefix("invalid "), written) {
-        if let Some(range) = integer_range(ty) {
-            let what = if looks_like_integer(written) {
-                "is out of range"
-            } else {
-                "is not an integer"
-            };
-            return format!("`{written}` {what}: expected an integer from {range}");
+    match e {
+        E::DuplicateMappingKey { key, .. } => {
+            let key = key.as_deref().or(at.map(|n| n.text.as_str())).unwrap_or("");
+            return format!("duplicate key `{key}`");
         }
+        E::MultipleDocuments { .. } => {
+            return "more than one document; a file holds one".to_string();
+        }
+        E::Budget { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. } => {
+            return format!(
+                "aliases expand the document beyond the parser's budget ({}); write the values out",
+                without_location(&e.to_string())
+            );
+        }
+        E::NullIntoString { .. } => {
+            return match value.filter(|n| !n.text.is_empty()) {
+                Some(n) => format!(
+                    "`{0}` reads as null, not a string; write \"{0}\" to mean the word",
+                    n.text
+                ),
+                None => "expected a string, found an empty value".to_string(),
+            };
+        }
+        E::Unexpected { expected, .. } => {
+            let shape = match *expected {
+                "mapping start" => "a mapping (`key: value` lines)",
+                "sequence start" => "a list (`- item` lines or `[a, b]`)",
+                "string scalar" => "a string",
+                other => other,
+            };
+            return format!("expected {shape}{}", found());
+        }
+        E::InvalidScalar { ty, .. } => {
+            if let (Some(range), Some(n)) = (integer_range(ty), value) {
+                let what = if n.plain && looks_like_integer(&n.text) {
+                    "is out of range"
+                } else {
+                    "is not an integer"
+                };
+                return format!("`{}` {what}: expected an integer from {range}", n.text);
+            }
+        }
+        _ => {}
     }
-    message.to_string()
+    without_location(&e.to_string()).to_string()
+}
+
+/// A message without the " at line L, column C" the parser appends (the
+/// location is reported apart).
+fn without_location(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(cut) => message.get(..cut).unwrap_or(message),
+        None => message,
+    }
 }
 
 /// The range of an integer type as the parser names it.
@@ -166,6 +195,9 @@ pub struct Node {
     pub text: String,
     /// Whether this is the key of the entry at `path` rather than its value.
     pub key: bool,
+    /// Whether the scalar is plain (unquoted, not a block scalar); also true
+    /// for a mapping or list.
+    pub plain: bool,
 }
 
 /// Every key and value of the first document in document order; a
@@ -221,6 +253,7 @@ impl Walk {
                 location,
                 text: text.clone(),
                 key: true,
+                plain: true,
             });
             *key = Some(text);
         }
@@ -229,12 +262,13 @@ impl Walk {
     /// Records one event; `false` once the first document has ended.
     fn on_event(&mut self, event: Event<'_>, location: Location) -> bool {
         match event {
-            Event::Scalar(value, ..) => match self.next_path() {
+            Event::Scalar(value, style, ..) => match self.next_path() {
                 Some(path) => self.nodes.push(Node {
                     path,
                     location,
                     text: value.into_owned(),
                     key: false,
+                    plain: matches!(style, ScalarStyle::Plain),
                 }),
                 None => self.key(value.into_owned(), location),
             },
@@ -244,6 +278,7 @@ impl Walk {
                     location,
                     text: String::from("*"),
                     key: false,
+                    plain: true,
                 }),
                 None => self.key("*".to_string(), location),
             },
@@ -255,6 +290,7 @@ impl Walk {
                     location,
                     text: String::new(),
                     key: false,
+                    plain: false,
                 });
                 self.stack
                     .push(if matches!(event, Event::MappingStart(..)) {
