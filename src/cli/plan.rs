@@ -14,7 +14,7 @@ use postshard_rebalancer::plan::{
 };
 use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
-use postshard_router::{LoadUnit, MapError, ShardMap};
+use postshard_router::{LoadUnit, ShardMap};
 
 use super::failure::write_file;
 use super::Failure;
@@ -260,15 +260,7 @@ fn split<'a>(spec: &'a str, form: &str) -> Result<(&'a str, &'a str), Failure> {
 
 /// The map at `path`, `${VAR}`s resolved with [`offline_env`].
 fn load_map(path: &Path) -> Result<ShardMap, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(ShardMap::parse(
-        &text,
-        &path.display().to_string(),
-        &offline_env,
-    )?)
+    Ok(ShardMap::from_path_with_env(path, &offline_env)?)
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> Failure {

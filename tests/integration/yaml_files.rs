@@ -360,3 +360,72 @@ fn written_maps_and_plans_read_back_identically_in_pyyaml() {
         .collect();
     assert_eq!(names, ["s0", "no", "off"], "{next}");
 }
+
+/// `text` as UTF-16LE with a byte-order mark, as PowerShell 5's `>` writes.
+fn utf16le(text: &str) -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xFE];
+    for unit in text.encode_utf16() {
+        bytes.extend(unit.to_le_bytes());
+    }
+    bytes
+}
+
+#[test]
+fn utf16_files_are_read_and_bad_bytes_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_postshard"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        dir.path().join("shardmap.yaml"),
+        utf16le(&MAP.replace('\n', "\r\n")),
+    )
+    .unwrap();
+    let out = run(&["check", "--map", "shardmap.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let buckets = vec!["1"; 1024].join(", ");
+    let load = format!(
+        "{{\"version\": 1, \"unit\": \"rows\", \"map_version\": 3, \"buckets\": 1024, \
+         \"shards\": {{\"s0\": 512, \"s1\": 512}}, \"bucket_loads\": [{buckets}]}}\r\n"
+    );
+    std::fs::write(dir.path().join("rows.json"), utf16le(&load)).unwrap();
+    let out = run(&["plan", "balance", "--by", "rows", "--load", "rows.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A fault in a UTF-16 map keeps its location.
+    let bad = MAP.replace("weight: 1", "weight: 0");
+    std::fs::write(dir.path().join("bad.yaml"), utf16le(&bad)).unwrap();
+    let out = run(&["check", "--map", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("bad.yaml:12:13: shards[1].weight: weight `0`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Bytes that are not text are located, in maps and load files alike.
+    let mut latin1 = MAP.replace("forum", "f\u{f6}rum").into_bytes();
+    let at = latin1.iter().position(|b| *b == 0xC3).unwrap();
+    latin1.splice(at..at + 2, [0xF6]);
+    std::fs::write(dir.path().join("latin1.yaml"), &latin1).unwrap();
+    let out = run(&["check", "--map", "latin1.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .contains("latin1.yaml:9:30: the file is not valid UTF-8 text here; save it as UTF-8"),
+        "{stderr}"
+    );
+    std::fs::write(dir.path().join("bad.json"), b"{\"version\": \xff}").unwrap();
+    let out = run(&["plan", "balance", "--by", "rows", "--load", "bad.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("bad.json:1:13: the file is not valid UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+}

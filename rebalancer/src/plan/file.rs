@@ -86,14 +86,21 @@ pub enum PlanFileError {
 }
 
 impl Plan {
-    /// Reads the plan file at `path`.
+    /// Reads the plan file at `path` (UTF-8, or UTF-16 with a byte-order
+    /// mark).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Plan, PlanFileError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| PlanFileError::Read {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| PlanFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Plan::parse(&text, &path.display().to_string())
+        let text = yaml::decode(&bytes).map_err(|e| PlanFileError::Parse {
+            origin: origin.clone(),
+            location: e.location.map(|l| (l.line, l.column)),
+            message: e.message,
+        })?;
+        Plan::parse(&text, &origin)
     }
 
     /// Parses a plan held in memory; errors name `<string>`.

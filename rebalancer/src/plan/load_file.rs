@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use postshard_router::map::yaml;
 use postshard_router::{LoadReport, LoadUnit, ShardMap};
 
 use super::histogram::{HistogramError, TokenHistogram};
@@ -128,14 +129,22 @@ pub struct LoadFile {
 }
 
 impl LoadFile {
-    /// Reads the load file at `path`.
+    /// Reads the load file at `path` (UTF-8, or UTF-16 with a byte-order
+    /// mark, as PowerShell 5 writes).
     pub fn from_path(path: impl AsRef<Path>) -> Result<LoadFile, LoadFileError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadFileError::Read {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        LoadFile::from_json_str(&text, &path.display().to_string())
+        let text = yaml::decode(&bytes).map_err(|e| LoadFileError::Parse {
+            origin: origin.clone(),
+            line: e.location.map_or(1, |l| l.line),
+            column: e.location.map_or(1, |l| l.column),
+            message: e.message,
+        })?;
+        LoadFile::from_json_str(&text, &origin)
     }
 
     /// Parses a load file held in memory, naming `origin` in errors. A

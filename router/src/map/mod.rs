@@ -89,14 +89,33 @@ pub struct PoolSettings {
 }
 
 impl ShardMap {
-    /// Reads and validates the map file at `path`.
+    /// Reads and validates the map file at `path` (UTF-8, or UTF-16 with a
+    /// byte-order mark: see [`yaml::decode`]).
     pub fn from_path(path: impl AsRef<Path>) -> Result<ShardMap, MapError> {
+        Self::from_path_with_env(path, &env_var)
+    }
+
+    /// [`ShardMap::from_path`], resolving `${VAR}` with `env` instead of the
+    /// process environment.
+    pub fn from_path_with_env(
+        path: impl AsRef<Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ShardMap, MapError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| MapError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), &env_var)
+        let text = yaml::decode(&bytes).map_err(|e| MapError::Invalid {
+            origin: origin.clone(),
+            problems: vec![Problem {
+                path: e.path,
+                location: e.location,
+                message: e.message,
+            }],
+        })?;
+        Self::parse(&text, &origin, env)
     }
 
     /// Validates a map held in memory; problems are reported against `<string>`.

@@ -40,6 +40,62 @@ pub struct Error {
     pub message: String,
 }
 
+/// The text of a file as editors save it: UTF-8 with or without a
+/// byte-order mark, or UTF-16 (little- or big-endian) with one, as Windows
+/// Notepad's \"Unicode\" and PowerShell 5's `>` write. Also for JSON load
+/// files. A leading byte-order mark is dropped.
+///
+/// Errors: bytes that are not valid text, located at the first bad one.
+pub fn decode(bytes: &[u8]) -> Result<String, Error> {
+    let utf16 = |rest: &[u8], big_endian: bool| {
+        let units: Vec<u16> = rest
+            .chunks(2)
+            .map(|pair| match (pair.first(), pair.get(1)) {
+                (Some(&a), Some(&b)) if big_endian => u16::from_be_bytes([a, b]),
+                (Some(&a), Some(&b)) => u16::from_le_bytes([a, b]),
+                // An odd trailing byte cannot be UTF-16.
+                _ => 0xDC00,
+            })
+            .collect();
+        let mut text = String::with_capacity(units.len());
+        for unit in char::decode_utf16(units) {
+            match unit {
+                Ok(c) => text.push(c),
+                Err(_) => return Err(not_text(&text, "UTF-16")),
+            }
+        }
+        Ok(text)
+    };
+    if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        return utf16(rest, false);
+    }
+    if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        return utf16(rest, true);
+    }
+    let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let valid = bytes
+                .get(..e.valid_up_to())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("");
+            Err(not_text(valid, "UTF-8"))
+        }
+    }
+}
+
+/// The error for text that stops being `encoding` after `valid`.
+fn not_text(valid: &str, encoding: &str) -> Error {
+    let line = valid.matches('\n').count() + 1;
+    let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Error {
+        path: String::new(),
+        location: Some(Location { line, column }),
+        message: format!("the file is not valid {encoding} text here; save it as UTF-8"),
+    }
+}
+
 /// `text` without a leading UTF-8 byte-order mark.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
@@ -504,6 +560,36 @@ mod tests {
         );
         let c = n.iter().find(|n| n.path == "b.c" && !n.key).unwrap();
         assert_eq!(c.location, Location { line: 3, column: 9 });
+    }
+
+    #[test]
+    fn decodes_utf8_with_or_without_bom_and_utf16_with_bom() {
+        let text = "a: é\r\nb: 😀\n";
+        let utf16 = |big: bool, bom: [u8; 2]| {
+            let mut bytes = bom.to_vec();
+            for unit in text.encode_utf16() {
+                bytes.extend(if big {
+                    unit.to_be_bytes()
+                } else {
+                    unit.to_le_bytes()
+                });
+            }
+            bytes
+        };
+        for bytes in [
+            text.as_bytes().to_vec(),
+            [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat(),
+            utf16(false, [0xFF, 0xFE]),
+            utf16(true, [0xFE, 0xFF]),
+        ] {
+            assert_eq!(decode(&bytes).unwrap(), text);
+        }
+        let e = decode(b"a: 1\nbc: \xff\n").unwrap_err();
+        assert_eq!(e.location, Some(Location { line: 2, column: 5 }));
+        assert!(e.message.contains("not valid UTF-8"), "{e}");
+        let mut odd = utf16(false, [0xFF, 0xFE]);
+        odd.push(b'x');
+        assert!(decode(&odd).unwrap_err().message.contains("UTF-16"));
     }
 
     #[test]
