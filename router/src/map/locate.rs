@@ -41,12 +41,14 @@ impl Locator {
         self.nodes.get(path).map(|(_, text, _)| text.as_str())
     }
 
-    /// Whether the scalar at `path` is written as a plain (unquoted) integer,
-    /// however large.
-    pub(crate) fn is_plain_integer(&self, path: &str) -> bool {
+    /// The scalar at `path` and whether it is plain (unquoted, untagged),
+    /// when it is written as an integer however large (`1_000`, `0x1F`,
+    /// `-99999999999999999999`).
+    pub(crate) fn integer_text(&self, path: &str) -> Option<(&str, bool)> {
         self.nodes
             .get(path)
-            .is_some_and(|(_, text, plain)| *plain && yaml::looks_like_integer(text))
+            .filter(|(_, text, _)| yaml::looks_like_integer(text))
+            .map(|(_, text, plain)| (text.as_str(), *plain))
     }
 }
 
@@ -84,9 +86,12 @@ mod tests {
             Some(Location { line: 5, column: 5 })
         );
         assert_eq!(loc.text("shards[1].url"), Some("y"));
-        let loc = Locator::new("a: 1_000\nb: '12'\nc: -3\n");
-        assert!(loc.is_plain_integer("a") && loc.is_plain_integer("c"));
-        assert!(!loc.is_plain_integer("b"));
+        let loc = Locator::new("a: 1_000\nb: '12'\nc: -0x1F\nd: !!str 5\ne: 1.5\n");
+        assert_eq!(loc.integer_text("a"), Some(("1_000", true)));
+        assert_eq!(loc.integer_text("b"), Some(("12", false)));
+        assert_eq!(loc.integer_text("c"), Some(("-0x1F", true)));
+        assert_eq!(loc.integer_text("d"), Some(("5", false)));
+        assert_eq!(loc.integer_text("e"), None);
     }
 
     #[test]

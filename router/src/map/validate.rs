@@ -1,12 +1,14 @@
 //! One pass from [`RawMap`] to [`ShardMap`] that collects every problem.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::Problem;
 use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
+use super::yaml;
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
 use crate::url::{has_literal_password, redact, ConnUrl};
@@ -34,42 +36,45 @@ impl Checker<'_> {
         });
     }
 
+    /// The value at `path` as written in the file, else `fallback`.
+    fn shown(&self, path: &str, fallback: impl fmt::Display) -> String {
+        self.locator
+            .text(path)
+            .map_or_else(|| fallback.to_string(), str::to_string)
+    }
+
     /// An integer in `min..=max`, or a problem naming the value as written.
     fn integer(&mut self, path: &str, value: &RawValue, min: i128, max: i128) -> Option<i128> {
-        let written = self.locator.text(path).map(str::to_string);
-        let shown = |fallback: String| written.clone().unwrap_or(fallback);
-        match value {
-            RawValue::Int(n) if (min..=max).contains(n) => Some(*n),
-            RawValue::Int(n) => {
-                self.report(path, out_of_range(&shown(n.to_string()), min, max));
-                None
-            }
-            // An integer too large for the parser's integers arrives as a
-            // float, or as text when written with `_` separators.
-            RawValue::Float(_) | RawValue::Text(_) if self.locator.is_plain_integer(path) => {
-                self.report(path, out_of_range(&shown(String::new()), min, max));
-                None
-            }
-            RawValue::Float(x) if x.fract() == 0.0 => {
-                let text = shown(x.to_string());
-                self.report(
-                    path,
+        let message = match value {
+            RawValue::Int(n) if (min..=max).contains(n) => return Some(*n),
+            RawValue::Int(n) => out_of_range(&self.shown(path, n), min, max),
+            // An integer the parser could not hold (too large, or with a
+            // leading zero that YAML 1.1 reads as octal) arrives as a float
+            // or as text.
+            RawValue::Float(_) | RawValue::Text(_) => match self.locator.integer_text(path) {
+                Some((text, true)) if yaml::has_leading_zero(text) => format!(
+                    "`{text}` has a leading zero, which YAML 1.1 tools read as octal and \
+                     YAML 1.2 tools as decimal; write the number without it"
+                ),
+                Some((text, true)) => out_of_range(text, min, max),
+                Some((text, false)) => {
                     format!(
-                        "`{text}` is written as a floating-point number; write a plain integer"
+                        "`{text}` is written as a string (quoted or tagged); write a plain number"
+                    )
+                }
+                None => match value {
+                    RawValue::Float(x) if x.fract() == 0.0 => format!(
+                        "`{}` is written as a floating-point number; write a plain integer",
+                        self.shown(path, x)
                     ),
-                );
-                None
-            }
-            RawValue::Float(x) => {
-                let text = shown(x.to_string());
-                self.report(path, format!("`{text}` is not an integer"));
-                None
-            }
-            other => {
-                self.report(path, format!("{other} is not an integer"));
-                None
-            }
-        }
+                    RawValue::Float(x) => format!("`{}` is not an integer", self.shown(path, x)),
+                    other => format!("{other} is not an integer"),
+                },
+            },
+            other => format!("{other} is not an integer"),
+        };
+        self.report(path, message);
+        None
     }
 }
 
@@ -212,10 +217,12 @@ pub(crate) fn validate(
         let weight = match &s.weight {
             None => Some(1),
             Some(RawValue::Int(n)) if *n <= 0 => {
+                let n = ck.shown(&at("weight"), n);
                 ck.report(at("weight"), format!("weight `{n}` must be greater than 0"));
                 None
             }
             Some(RawValue::Float(x)) if *x <= 0.0 => {
+                let x = ck.shown(&at("weight"), x);
                 ck.report(at("weight"), format!("weight `{x}` must be greater than 0"));
                 None
             }

@@ -122,7 +122,10 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
         });
         let all = nodes(text);
         let mut at = location.and_then(|at| all.iter().find(|n| n.location == at));
-        let message = explain(&e, at);
+        let mut message = explain(&e, at);
+        if let Some(hint) = location.and_then(|l| odd_space_on(text, l.line)) {
+            message.push_str(&hint);
+        }
         // A missing field is located at a key of its mapping: name the mapping.
         if message.starts_with("missing field") {
             if let Some(key) = at.filter(|n| n.key) {
@@ -170,6 +173,9 @@ fn explain(e: &serde_saphyr::Error, at: Option<&Node>) -> String {
                 without_location(&e.to_string())
             );
         }
+        E::NonFiniteFloat { value, .. } => {
+            return format!("`{value}` is not a finite number");
+        }
         E::NullIntoString { .. } => {
             return match value.filter(|n| !n.text.is_empty()) {
                 Some(n) => format!(
@@ -203,6 +209,24 @@ fn explain(e: &serde_saphyr::Error, at: Option<&Node>) -> String {
     without_location(&e.to_string()).to_string()
 }
 
+/// A hint naming a space-like character on 1-based `line` of `text` that
+/// YAML does not read as a space (pasted from a web page or a word
+/// processor), or `None`.
+fn odd_space_on(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (column, c) = l.chars().enumerate().find(|(_, c)| {
+        matches!(
+            c,
+            '\u{a0}' | '\u{2000}'..='\u{200b}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}'
+        )
+    })?;
+    Some(format!(
+        " (column {} holds U+{:04X}, a space-like character YAML does not read as a space)",
+        column + 1,
+        u32::from(c)
+    ))
+}
+
 /// A message without the " at line L, column C" the parser appends (the
 /// location is reported apart).
 fn without_location(message: &str) -> &str {
@@ -229,11 +253,25 @@ fn integer_range(ty: &str) -> Option<String> {
     })
 }
 
-/// Whether `text` is written as a decimal integer (optional sign, digits,
-/// `_` separators as YAML 1.1 allows), however large.
+/// Whether `text` is written as an integer, however large: optional sign,
+/// then decimal digits, or `0x`/`0o`/`0b` and digits of that base, `_`
+/// separators allowed (YAML 1.1).
 pub fn looks_like_integer(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (digits, radix) = [("0x", 16), ("0o", 8), ("0b", 2)]
+        .iter()
+        .find_map(|(prefix, radix)| unsigned.strip_prefix(prefix).map(|d| (d, *radix)))
+        .unwrap_or((unsigned, 10));
+    digits.starts_with(|c: char| c.is_digit(radix))
+        && digits.chars().all(|c| c.is_digit(radix) || c == '_')
+}
+
+/// Whether a decimal integer is written with a leading zero (`010`), which
+/// YAML 1.1 reads as octal and YAML 1.2 as decimal.
+pub fn has_leading_zero(text: &str) -> bool {
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    digits.starts_with(|c: char| c.is_ascii_digit())
+    digits.len() > 1
+        && digits.starts_with('0')
         && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
 }
 
@@ -251,8 +289,8 @@ pub struct Node {
     pub text: String,
     /// Whether this is the key of the entry at `path` rather than its value.
     pub key: bool,
-    /// Whether the scalar is plain (unquoted, not a block scalar); also true
-    /// for a mapping or list.
+    /// Whether the scalar is plain (unquoted, untagged, not a block scalar);
+    /// true for an alias, false for a mapping or list.
     pub plain: bool,
 }
 
@@ -318,13 +356,13 @@ impl Walk {
     /// Records one event; `false` once the first document has ended.
     fn on_event(&mut self, event: Event<'_>, location: Location) -> bool {
         match event {
-            Event::Scalar(value, style, ..) => match self.next_path() {
+            Event::Scalar(value, style, _, tag) => match self.next_path() {
                 Some(path) => self.nodes.push(Node {
                     path,
                     location,
                     text: value.into_owned(),
                     key: false,
-                    plain: matches!(style, ScalarStyle::Plain),
+                    plain: matches!(style, ScalarStyle::Plain) && tag.is_none(),
                 }),
                 None => self.key(value.into_owned(), location),
             },
