@@ -42,7 +42,7 @@ pub struct Error {
 
 /// The text of a file as editors save it: UTF-8 with or without a
 /// byte-order mark, or UTF-16 (little- or big-endian) with one, as Windows
-/// Notepad's \"Unicode\" and PowerShell 5's `>` write. Also for JSON load
+/// Notepad's "Unicode" and PowerShell 5's `>` write. Also for JSON load
 /// files. A leading byte-order mark is dropped.
 ///
 /// Errors: bytes that are not valid text, located at the first bad one.
@@ -127,7 +127,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
             message.push_str(&hint);
         }
         // A missing field is located at a key of its mapping: name the mapping.
-        if message.starts_with("missing field") {
+        if matches!(e, serde_saphyr::Error::SerdeMissingField { .. }) {
             if let Some(key) = at.filter(|n| n.key) {
                 let parent = key
                     .path
