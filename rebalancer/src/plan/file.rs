@@ -278,6 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn plan_files_saved_as_utf16_or_with_a_bom_are_read() {
+        let plan = sample();
+        let yaml = plan.to_yaml().replace('\n', "\r\n");
+        let mut utf16 = vec![0xFF, 0xFE];
+        for unit in yaml.encode_utf16() {
+            utf16.extend(unit.to_le_bytes());
+        }
+        let dir = std::env::temp_dir().join(format!("postshard-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            ("utf16.yaml", utf16),
+            ("bom.yaml", format!("\u{feff}{yaml}").into_bytes()),
+        ];
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(Plan::from_path(&path).unwrap(), plan, "{name}");
+        }
+        let path = dir.join("latin1.yaml");
+        std::fs::write(&path, b"base_version: 1\nintent: \xe9\n").unwrap();
+        let e = Plan::from_path(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.ends_with("latin1.yaml:2:9: the file is not valid UTF-8 text here; save it as UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn odd_names_and_intents_round_trip() {
         let mut plan = sample();
         for (i, name) in [

@@ -258,6 +258,15 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_and_crlf_are_accepted() {
+        let body = "{\"version\": 1, \"unit\": \"rows\", \"map_version\": 3, \"buckets\": 2,\r\n \
+                    \"shards\": {\"s0\": 3}, \"bucket_loads\": [1, 2]}\r\n";
+        let plain = report(body).unwrap();
+        assert_eq!(report(&format!("\u{feff}{body}")).unwrap(), plain);
+        assert_eq!(plain.histogram.total(), 3.0);
+    }
+
+    #[test]
     fn reads_the_routers_load_report() {
         let routed = postshard_router::LoadReport {
             version: 1,
