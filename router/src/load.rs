@@ -127,7 +127,7 @@ impl LoadCounters {
     /// only calls that go on to run a statement take this path.
     #[inline(always)]
     pub(crate) fn record_sampled(&self, token: Token, segment: usize) {
-        if self.count(segment) % SAMPLE_EVERY == 0 {
+        if self.count(segment).is_multiple_of(SAMPLE_EVERY) {
             self.sample(token);
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use postshard_router::map::env_var;
-use postshard_router::{connect, live_map, MapError, ShardMap};
+use postshard_router::{connect, live_map, ShardMap};
 
 use super::Failure;
 
@@ -25,11 +25,7 @@ pub fn load_with(
     path: &Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<ShardMap, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let origin = path.display().to_string();
+    let (origin, text) = ShardMap::read_text(path)?;
     let file = ShardMap::parse(&text, &origin, env)?;
     if file.control().is_none() {
         return Ok(file);

@@ -85,7 +85,7 @@ fn valid_map_checks_with_shares_arcs_and_notes() {
 fn malformed_maps_exit_2_naming_problem_and_line() {
     // (what, replace this, with this, expected line, expected text)
     let cases: &[(&str, &str, &str, usize, &str)] = &[
-        ("yaml syntax", "seed: 0", "seed: [0", 5, "did not find expected"),
+        ("yaml syntax", "seed: 0", "seed: [0", 5, "illegal placement of ':' indicator"),
         ("unknown top field", "version: 1", "version: 1\nowner: me", 2, "unknown field `owner`"),
         ("unknown shard field", "  - name: s1", "  - name: s1\n    wieght: 2", 12, "unknown field `wieght`"),
         ("missing field", "  - { name: posts, key: id }", "  - { name: posts }", 6, "missing field `key`"),
@@ -103,8 +103,8 @@ fn malformed_maps_exit_2_naming_problem_and_line() {
         ("negative version", "version: 1", "version: -1", 1, "`-1` is out of range"),
         ("ring not at min", "from: -9223372036854775808", "from: -5", 14, "must start at -9223372036854775808, not -5"),
         ("from not increasing", "from: 0,", "from: -9223372036854775808,", 15, "must be greater than the previous arc's"),
-        ("from above i64", "from: 0,", "from: 9223372036854775808,", 15, "`9223372036854775808` is out of range"),
-        ("from below i64", "from: 0,", "from: -9223372036854775809,", 15, "`-9223372036854775809` is out of range"),
+        ("from above i64", "from: 0,", "from: 9223372036854775808,", 15, "`9223372036854775808` is out of the 64-bit range"),
+        ("from below i64", "from: 0,", "from: -9223372036854775809,", 15, "`-9223372036854775809` is out of the 64-bit range"),
         ("from not a number", "from: 0,", "from: zero,", 15, "`zero` is not an integer"),
         ("from a float", "from: 0,", "from: 0.5,", 15, "`0.5` is not an integer"),
         ("from an integral float", "from: 0,", "from: 1e3,", 15, "written as a floating-point number"),
@@ -115,7 +115,7 @@ fn malformed_maps_exit_2_naming_problem_and_line() {
         ("bad shard name", "  - name: s1", "  - name: \"s 1\"", 11, "shard name `s 1` must be"),
         ("pool size zero", "  - name: s1", "  - name: s1\n    pool: { max_size: 0 }", 12, "`0` is out of range 1..=10000"),
         ("empty ring", "ring:\n  - { from: -9223372036854775808, shard: s0 }\n  - { from: 0, shard: s1 }\n", "ring: []\n", 13, "empty ring"),
-        ("not a mapping", VALID, "- just\n- a list\n", 1, "invalid type"),
+        ("not a mapping", VALID, "- just\n- a list\n", 1, "expected a mapping"),
     ];
     assert!(cases.len() >= 20);
     for (what, from, to, line, expected) in cases {

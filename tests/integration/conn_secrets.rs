@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use postshard_router::map::yaml_scalar;
+use postshard_router::map::yaml::scalar as yaml_scalar;
 use postshard_router::{connect, ConnUrl, ShardMap};
 use postshard_sandbox::{Cluster, Options};
 

@@ -89,7 +89,7 @@ fn seed_flip_notify_journal_and_leases() {
         assert!(
             text.contains(&format!(
                 "control: {}",
-                postshard_router::map::yaml_scalar(&url)
+                postshard_router::map::yaml::scalar(&url)
             )),
             "{text}"
         );

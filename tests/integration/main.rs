@@ -19,3 +19,4 @@ mod skew_live;
 mod skew_schemas;
 mod skew_simulate;
 mod verify_cli;
+mod yaml_files;

@@ -1,16 +1,16 @@
-//! The plan file: a [`Plan`] in YAML, written by hand for one-line moves and
-//! read with serde, unknown fields denied.
+//! The plan file: a [`Plan`] in YAML, written by hand for one-line moves
+//! (every string through [`yaml_scalar`], so YAML 1.1 readers read it back
+//! the same) and read through [`yaml::from_str`], unknown fields denied.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use postshard_router::map::yaml_scalar;
+use postshard_router::map::yaml::{self, scalar as yaml_scalar};
 use postshard_router::{LoadUnit, Token};
 use serde::Deserialize;
 
 use super::histogram::TokenHistogram;
 use super::moves::tokens_between;
-use super::without_location;
 
 /// A rebalance plan: the shards after it and the token ranges that change
 /// owner, made for one version of the map.
@@ -86,14 +86,21 @@ pub enum PlanFileError {
 }
 
 impl Plan {
-    /// Reads the plan file at `path`.
+    /// Reads the plan file at `path` (UTF-8, or UTF-16 with a byte-order
+    /// mark).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Plan, PlanFileError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| PlanFileError::Read {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| PlanFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Plan::parse(&text, &path.display().to_string())
+        let text = yaml::decode(&bytes).map_err(|e| PlanFileError::Parse {
+            origin: origin.clone(),
+            location: e.location.map(|l| (l.line, l.column)),
+            message: e.message,
+        })?;
+        Plan::parse(&text, &origin)
     }
 
     /// Parses a plan held in memory; errors name `<string>`.
@@ -102,12 +109,12 @@ impl Plan {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Plan, PlanFileError> {
-        serde_yaml::from_str(text).map_err(|e| PlanFileError::Parse {
+        yaml::from_str(text).map_err(|e| PlanFileError::Parse {
             origin: origin.to_string(),
-            location: e.location().map(|l| (l.line(), l.column())),
-            message: match e.location() {
-                Some(_) => without_location(&e.to_string()).to_string(),
-                None => e.to_string(),
+            location: e.location.map(|l| (l.line, l.column)),
+            message: match e.path.as_str() {
+                "" => e.message,
+                path => format!("{path}: {}", e.message),
             },
         })
     }
@@ -252,20 +259,51 @@ mod tests {
     }
 
     #[test]
-    fn errors_without_a_location_keep_the_separator() {
+    fn errors_name_the_origin_with_or_without_a_location() {
         let yaml = format!("{}---\nmore: 1\n", sample().to_yaml());
         let e = Plan::from_yaml_str(&yaml).unwrap_err();
-        assert!(
-            matches!(&e, PlanFileError::Parse { location: None, .. }),
-            "{e:?}"
+        let line = yaml.lines().count();
+        assert_eq!(
+            e.to_string(),
+            format!("<string>:{line}:1: more than one document; a file holds one")
         );
-        assert!(
-            e.to_string().starts_with("<string>: ")
-                && e.to_string().contains("more than one document"),
-            "{e}"
-        );
+        let e = PlanFileError::Parse {
+            origin: "p.yaml".to_string(),
+            location: None,
+            message: "bad".to_string(),
+        };
+        assert_eq!(e.to_string(), "p.yaml: bad");
         let e = Plan::from_yaml_str("base_version: 1\n").unwrap_err();
         assert_eq!(e.to_string(), "<string>:1:1: missing field `intent`");
+    }
+
+    #[test]
+    fn plan_files_saved_as_utf16_or_with_a_bom_are_read() {
+        let plan = sample();
+        let yaml = plan.to_yaml().replace('\n', "\r\n");
+        let mut utf16 = vec![0xFF, 0xFE];
+        for unit in yaml.encode_utf16() {
+            utf16.extend(unit.to_le_bytes());
+        }
+        let dir = std::env::temp_dir().join(format!("postshard-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            ("utf16.yaml", utf16),
+            ("bom.yaml", format!("\u{feff}{yaml}").into_bytes()),
+        ];
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(Plan::from_path(&path).unwrap(), plan, "{name}");
+        }
+        let path = dir.join("latin1.yaml");
+        std::fs::write(&path, b"base_version: 1\nintent: \xe9\n").unwrap();
+        let e = Plan::from_path(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.ends_with("latin1.yaml:2:9: the file is not valid UTF-8 text here; save it as UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use postshard_router::map::yaml;
 use postshard_router::{LoadReport, LoadUnit, ShardMap};
 
 use super::histogram::{HistogramError, TokenHistogram};
@@ -128,18 +129,28 @@ pub struct LoadFile {
 }
 
 impl LoadFile {
-    /// Reads the load file at `path`.
+    /// Reads the load file at `path` (UTF-8, or UTF-16 with a byte-order
+    /// mark, as PowerShell 5 writes).
     pub fn from_path(path: impl AsRef<Path>) -> Result<LoadFile, LoadFileError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadFileError::Read {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        LoadFile::from_json_str(&text, &path.display().to_string())
+        let text = yaml::decode(&bytes).map_err(|e| LoadFileError::Parse {
+            origin: origin.clone(),
+            line: e.location.map_or(1, |l| l.line),
+            column: e.location.map_or(1, |l| l.column),
+            message: e.message,
+        })?;
+        LoadFile::from_json_str(&text, &origin)
     }
 
-    /// Parses a load file held in memory, naming `origin` in errors.
+    /// Parses a load file held in memory, naming `origin` in errors. A
+    /// leading UTF-8 byte-order mark is ignored (JSON parsers refuse it).
     pub fn from_json_str(text: &str, origin: &str) -> Result<LoadFile, LoadFileError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: LoadReport = serde_json::from_str(text).map_err(|e| LoadFileError::Parse {
             origin: origin.to_string(),
             line: e.line(),
@@ -244,6 +255,15 @@ mod tests {
             [postshard_router::HotToken { token: 7, load: 4 }]
         );
         assert!((hot.histogram.load_between(0, 1 << 63) - 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_are_accepted() {
+        let body = "{\"version\": 1, \"unit\": \"rows\", \"map_version\": 3, \"buckets\": 2,\r\n \
+                    \"shards\": {\"s0\": 3}, \"bucket_loads\": [1, 2]}\r\n";
+        let plain = report(body).unwrap();
+        assert_eq!(report(&format!("\u{feff}{body}")).unwrap(), plain);
+        assert_eq!(plain.histogram.total(), 3.0);
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub use moves::{
     apply_moves, arcs_of, moved_tokens, moves_between, moves_to_targets, tokens_between, Move,
 };
 
-/// A parser's message without the " at line L column C" that serde_json and
-/// serde_yaml append; callers report the location apart.
+/// A parser's message without the " at line L column C" that serde_json
+/// appends; callers report the location apart.
 pub(crate) fn without_location(message: &str) -> &str {
     let Some(cut) = message.rfind(" at line ") else {
         return message;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::locate::Location;
+use super::yaml::Location;
 
 /// One thing wrong with a map: where it is and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

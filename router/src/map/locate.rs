@@ -1,124 +1,54 @@
-//! Where each value of a YAML document stands, by path (`shards[1].url`), so
-//! that validation problems can name a line and column.
+//! Where each value of a map file stands, by path (`shards[1].url`), so that
+//! validation problems can name a line and column and quote numbers as
+//! written.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use super::yaml::{self, Location};
 
-/// A 1-based line and column in the map file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    /// Line, from 1.
-    pub line: usize,
-    /// Column, from 1.
-    pub column: usize,
-}
-
-/// Locations of every node of the first document, keyed by path.
+/// Locations and texts of every value of the first document, keyed by path.
 #[derive(Debug, Default)]
 pub(crate) struct Locator {
-    nodes: HashMap<String, Location>,
+    nodes: HashMap<String, (Location, String, bool)>,
 }
 
 impl Locator {
-    /// Indexes `text`; a document that does not parse gives an empty index
-    /// (the YAML parser proper reports that error).
+    /// Indexes `text` (see [`yaml::nodes`]).
     pub(crate) fn new(text: &str) -> Self {
-        let mut walk = Walk::default();
-        let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut walk, false).is_err() {
-            return Locator::default();
+        let mut nodes = HashMap::new();
+        for node in yaml::nodes(text).into_iter().filter(|n| !n.key) {
+            nodes
+                .entry(node.path)
+                .or_insert((node.location, node.text, node.plain));
         }
-        Locator { nodes: walk.nodes }
+        Locator { nodes }
     }
 
     /// The location of the node at `path`, or of its nearest located parent.
     pub(crate) fn find(&self, path: &str) -> Option<Location> {
         let mut path = path;
         loop {
-            if let Some(loc) = self.nodes.get(path) {
+            if let Some((loc, ..)) = self.nodes.get(path) {
                 return Some(*loc);
             }
             let cut = path.rfind(['.', '['])?;
-            path = &path[..cut];
-        }
-    }
-}
-
-/// A container being walked: a mapping (waiting for a key or a value) or a
-/// sequence (counting items).
-enum Frame {
-    Mapping { path: String, key: Option<String> },
-    Sequence { path: String, next: usize },
-}
-
-#[derive(Default)]
-struct Walk {
-    stack: Vec<Frame>,
-    nodes: HashMap<String, Location>,
-}
-
-impl Walk {
-    /// The path of the node that starts now, or `None` when it is a mapping key.
-    fn next_path(&mut self) -> Option<String> {
-        match self.stack.last_mut() {
-            None => Some(String::new()),
-            Some(Frame::Sequence { path, next }) => {
-                let p = format!("{path}[{next}]");
-                *next += 1;
-                Some(p)
-            }
-            Some(Frame::Mapping { path, key }) => key.take().map(|k| {
-                if path.is_empty() {
-                    k
-                } else {
-                    format!("{path}.{k}")
-                }
-            }),
+            path = path.get(..cut)?;
         }
     }
 
-    fn record(&mut self, path: &str, mark: Marker) {
-        let loc = Location {
-            line: mark.line(),
-            column: mark.col() + 1,
-        };
-        self.nodes.entry(path.to_string()).or_insert(loc);
+    /// The scalar at `path` as written, when the map came from text.
+    pub(crate) fn text(&self, path: &str) -> Option<&str> {
+        self.nodes.get(path).map(|(_, text, _)| text.as_str())
     }
-}
 
-impl MarkedEventReceiver for Walk {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        match ev {
-            Event::Scalar(value, ..) => match self.next_path() {
-                Some(path) => self.record(&path, mark),
-                None => {
-                    if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
-                        *key = Some(value);
-                    }
-                }
-            },
-            Event::Alias(_) => {
-                if let Some(path) = self.next_path() {
-                    self.record(&path, mark);
-                }
-            }
-            Event::MappingStart(..) | Event::SequenceStart(..) => {
-                // A complex mapping key gets no path; its contents are skipped.
-                let path = self.next_path().unwrap_or_else(|| "?".to_string());
-                self.record(&path, mark);
-                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Mapping { path, key: None }
-                } else {
-                    Frame::Sequence { path, next: 0 }
-                });
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-            }
-            _ => {}
-        }
+    /// The scalar at `path` and whether it is plain (unquoted, untagged),
+    /// when it is written as an integer however large (`1_000`, `0x1F`,
+    /// `-99999999999999999999`).
+    pub(crate) fn integer_text(&self, path: &str) -> Option<(&str, bool)> {
+        self.nodes
+            .get(path)
+            .filter(|(_, text, _)| yaml::looks_like_integer(text))
+            .map(|(_, text, plain)| (text.as_str(), *plain))
     }
 }
 
@@ -154,6 +84,33 @@ mod tests {
         assert_eq!(
             loc.find("shards[1].weight"),
             Some(Location { line: 5, column: 5 })
+        );
+        assert_eq!(loc.text("shards[1].url"), Some("y"));
+        let loc = Locator::new("a: 1_000\nb: '12'\nc: -0x1F\nd: !!str 5\ne: 1.5\n");
+        assert_eq!(loc.integer_text("a"), Some(("1_000", true)));
+        assert_eq!(loc.integer_text("b"), Some(("12", false)));
+        assert_eq!(loc.integer_text("c"), Some(("-0x1F", true)));
+        assert_eq!(loc.integer_text("d"), Some(("5", false)));
+        assert_eq!(loc.integer_text("e"), None);
+    }
+
+    #[test]
+    fn a_bom_before_a_comment_and_tabs_keep_locations() {
+        let text = "\u{feff}# map\r\nversion:\t1\r\nshards:\r\n  - { name: a,\turl: x }\r\n";
+        let loc = Locator::new(text);
+        assert_eq!(
+            loc.find("version"),
+            Some(Location {
+                line: 2,
+                column: 10
+            })
+        );
+        assert_eq!(
+            loc.find("shards[0].url"),
+            Some(Location {
+                line: 4,
+                column: 21
+            })
         );
     }
 }

@@ -1,24 +1,26 @@
 //! The shard map: which tables are sharded, which shards exist, and which
 //! shard owns each arc of the token ring.
 //!
-//! A map is loaded in two steps: the YAML is parsed into [`raw::RawMap`] with
-//! unknown fields denied, then validated into a [`ShardMap`] in one pass that
-//! reports every problem with its line and column. A validated map cannot fail
-//! to route.
+//! A map is loaded in two steps: the YAML is parsed ([`yaml`]) into
+//! [`raw::RawMap`] with unknown fields denied, then validated into a
+//! [`ShardMap`] in one pass that reports every problem with its line and
+//! column. A validated map cannot fail to route.
 
 mod emit;
 mod error;
 mod locate;
 pub mod raw;
+#[cfg(test)]
+mod style_tests;
 mod validate;
+pub mod yaml;
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use emit::yaml_scalar;
 pub use error::{MapError, Problem};
-pub use locate::Location;
 pub use validate::{MAX_SHARDS, MAX_WEIGHT};
+pub use yaml::Location;
 
 use crate::hash::{hashint8extended, Token};
 use crate::ring::{Ring, TOKEN_SPACE};
@@ -88,14 +90,42 @@ pub struct PoolSettings {
 }
 
 impl ShardMap {
-    /// Reads and validates the map file at `path`.
+    /// Reads and validates the map file at `path` (UTF-8, or UTF-16 with a
+    /// byte-order mark: see [`yaml::decode`]).
     pub fn from_path(path: impl AsRef<Path>) -> Result<ShardMap, MapError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
+        Self::from_path_with_env(path, &env_var)
+    }
+
+    /// [`ShardMap::from_path`], resolving `${VAR}` with `env` instead of the
+    /// process environment.
+    pub fn from_path_with_env(
+        path: impl AsRef<Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ShardMap, MapError> {
+        let (origin, text) = Self::read_text(path.as_ref())?;
+        Self::parse(&text, &origin, env)
+    }
+
+    /// The text of the map file at `path` and its origin for messages: a
+    /// UTF-8 or UTF-16 byte-order mark is dropped, UTF-16 decoded.
+    ///
+    /// Errors: [`MapError::Read`] when the file cannot be read,
+    /// [`MapError::Invalid`] naming the first byte that is not text.
+    pub fn read_text(path: &Path) -> Result<(String, String), MapError> {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| MapError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), &env_var)
+        let text = yaml::decode(&bytes).map_err(|e| MapError::Invalid {
+            origin: origin.clone(),
+            problems: vec![Problem {
+                path: e.path,
+                location: e.location,
+                message: e.message,
+            }],
+        })?;
+        Ok((origin, text))
     }
 
     /// Validates a map held in memory; problems are reported against `<string>`.
@@ -114,7 +144,13 @@ impl ShardMap {
             origin: origin.to_string(),
             problems,
         };
-        let raw: RawMap = serde_yaml::from_str(text).map_err(|e| invalid(vec![syntax(&e)]))?;
+        let raw: RawMap = yaml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                path: e.path,
+                location: e.location,
+                message: e.message,
+            }])
+        })?;
         validate::validate(raw, &locate::Locator::new(text), env).map_err(invalid)
     }
 
@@ -205,26 +241,4 @@ impl ShardMap {
 /// Resolves `${VAR}` from the process environment.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
-}
-
-/// A parse error from serde_yaml as a located problem.
-fn syntax(e: &serde_yaml::Error) -> Problem {
-    let text = e.to_string();
-    // serde_yaml appends " at line L column C"; the location is reported apart.
-    let message = match text.find(" at line ") {
-        Some(cut) if e.location().is_some() => text[..cut].to_string(),
-        _ => text,
-    };
-    let (path, message) = match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
-        _ => (String::new(), message),
-    };
-    Problem {
-        path,
-        location: e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        }),
-        message,
-    }
 }

@@ -1,11 +1,13 @@
 //! One pass from [`RawMap`] to [`ShardMap`] that collects every problem.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::time::Duration;
 
 use super::error::Problem;
 use super::locate::Locator;
 use super::raw::{RawMap, RawValue};
+use super::yaml;
 use super::{PoolSettings, Shard, ShardMap, Table, HASH_FUNCTION};
 use crate::ring::Ring;
 use crate::url::{has_literal_password, redact, ConnUrl, Endpoint};
@@ -33,27 +35,57 @@ impl Checker<'_> {
         });
     }
 
-    /// An integer in `min..=max`, or a problem naming the value.
-    fn integer(&mut self, path: &str, value: &RawValue, min: i128, max: i128) -> Option<i128> {
-        match value {
-            RawValue::Int(n) if (min..=max).contains(n) => Some(*n),
-            RawValue::Int(n) => {
-                self.report(path, format!("`{n}` is out of range {min}..={max}"));
-                None
-            }
-            RawValue::Float(x) if x.fract() == 0.0 => {
-                self.report(
-                    path,
-                    format!("`{x}` is written as a floating-point number; write a plain integer"),
-                );
-                None
-            }
-            other => {
-                self.report(path, format!("{other} is not an integer"));
-                None
-            }
-        }
+    /// The value at `path` as written in the file, else `fallback`.
+    fn shown(&self, path: &str, fallback: impl fmt::Display) -> String {
+        self.locator
+            .text(path)
+            .map_or_else(|| fallback.to_string(), str::to_string)
     }
+
+    /// An integer in `min..=max`, or a problem naming the value as written.
+    fn integer(&mut self, path: &str, value: &RawValue, min: i128, max: i128) -> Option<i128> {
+        let message = match value {
+            RawValue::Int(n) if (min..=max).contains(n) => return Some(*n),
+            RawValue::Int(n) => out_of_range(&self.shown(path, n), min, max),
+            // An integer the parser could not hold (too large, or with a
+            // leading zero that YAML 1.1 reads as octal) arrives as a float
+            // or as text.
+            RawValue::Float(_) | RawValue::Text(_) => match self.locator.integer_text(path) {
+                Some((text, true)) if yaml::has_leading_zero(text) => format!(
+                    "`{text}` has a leading zero, which YAML 1.1 tools read as octal and \
+                     YAML 1.2 tools as decimal; write the number without it"
+                ),
+                Some((text, true)) => out_of_range(text, min, max),
+                Some((text, false)) => {
+                    format!(
+                        "`{text}` is written as a string (quoted or tagged); write a plain number"
+                    )
+                }
+                None => match value {
+                    RawValue::Float(x) if x.fract() == 0.0 => format!(
+                        "`{}` is written as a floating-point number; write a plain integer",
+                        self.shown(path, x)
+                    ),
+                    RawValue::Float(x) => format!("`{}` is not an integer", self.shown(path, x)),
+                    other => format!("{other} is not an integer"),
+                },
+            },
+            other => format!("{other} is not an integer"),
+        };
+        self.report(path, message);
+        None
+    }
+}
+
+/// `text` is out of `min..=max`, naming the 64-bit range when that is it.
+fn out_of_range(text: &str, min: i128, max: i128) -> String {
+    let range = match (min, max) {
+        (min, max) if min == i128::from(i64::MIN) && max == i128::from(i64::MAX) => {
+            format!("the 64-bit range {min}..={max}")
+        }
+        _ => format!("range {min}..={max}"),
+    };
+    format!("`{text}` is out of {range}")
 }
 
 /// Lower-case SQL identifier, optionally schema-qualified: safe to paste into SQL.
@@ -185,10 +217,12 @@ pub(crate) fn validate(
         let weight = match &s.weight {
             None => Some(1),
             Some(RawValue::Int(n)) if *n <= 0 => {
+                let n = ck.shown(&at("weight"), n);
                 ck.report(at("weight"), format!("weight `{n}` must be greater than 0"));
                 None
             }
             Some(RawValue::Float(x)) if *x <= 0.0 => {
+                let x = ck.shown(&at("weight"), x);
                 ck.report(at("weight"), format!("weight `{x}` must be greater than 0"));
                 None
             }
