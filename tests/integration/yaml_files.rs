@@ -256,10 +256,14 @@ fn an_alias_bomb_is_refused_with_a_location() {
 fn load_files_with_a_bom_and_crlf_are_read() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shardmap.yaml"), format!("\u{feff}{MAP}")).unwrap();
-    let buckets = vec!["1"; 1024].join(",\r\n ");
+    // s0 (the lower half of the ring) carries three times s1's rows, so
+    // balancing has something to move and prints a plan.
+    let mut buckets = vec!["3"; 512];
+    buckets.extend(vec!["1"; 512]);
+    let buckets = buckets.join(",\r\n ");
     let load = format!(
         "\u{feff}{{\"version\": 1, \"unit\": \"rows\", \"map_version\": 3, \"buckets\": 1024,\r\n \
-         \"shards\": {{\"s0\": 512, \"s1\": 512}},\r\n \"bucket_loads\": [{buckets}]}}\r\n"
+         \"shards\": {{\"s0\": 1536, \"s1\": 512}},\r\n \"bucket_loads\": [{buckets}]}}\r\n"
     );
     std::fs::write(dir.path().join("rows.json"), load).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_postshard"))
@@ -270,6 +274,7 @@ fn load_files_with_a_bom_and_crlf_are_read() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let plan = Plan::from_yaml_str(&text(&out.stdout)).expect("plan");
     assert_eq!(plan.base_version, 3);
+    assert!(!plan.moves.is_empty(), "{}", text(&out.stdout));
 }
 
 #[test]
