@@ -4,10 +4,11 @@
 //! one row: the epoch, the seed, the token ranges the shard `owned` at that
 //! epoch and the ranges `fenced` for an in-flight blocking move (both
 //! `int8multirange`). Every sharded table has a `BEFORE INSERT OR UPDATE OR
-//! DELETE … FOR EACH ROW` trigger ([`TRIGGER`]) whose function reads that row
-//! and raises SQLSTATE [`SQLSTATE_MOVED`] when the row's token is fenced or
-//! not owned, naming the token, key, table and epoch. For an UPDATE it checks
-//! the old key and, when it changed, the new one.
+//! DELETE … FOR EACH ROW` trigger ([`TRIGGER`]) that judges the row's key by
+//! that state (compiled into SQL functions, see [`schema_sql`]) and raises
+//! SQLSTATE [`SQLSTATE_MOVED`] when its token is fenced or not owned, naming
+//! the token, key, table and epoch. For an UPDATE it checks the old key and,
+//! when it changed, the new one.
 //!
 //! The trigger is an ordinary (`ENABLE`, origin) trigger: the mover's
 //! sessions run with `session_replication_role = replica` and bypass it,
@@ -144,31 +145,44 @@ pub fn trigger_function(table: &Table) -> String {
     format!("fence_{readable}_{:08x}", hash as u32)
 }
 
-/// The check of one key (`OLD` or `NEW`) in the trigger function: one
-/// query computes the token and judges it inside the executor, which reads
-/// the ranges straight from the fence row (no copy into PL/pgSQL
-/// variables); the message is built only for a refusal.
+/// The check of one key (`OLD` or `NEW`) in the trigger function: a call
+/// of the generated `refusal(key)` (see [`schema_sql`]), which PL/pgSQL
+/// inlines into a simple expression over constants.
 fn key_check(row: &str, table: &Table) -> String {
     let key = format!("{row}.{}", table.sql_key());
     let name = table.name.replace('\'', "''");
     format!(
-        "SELECT epoch, tok, CASE WHEN tok <@ fenced THEN 'is fenced for a move' \
-                 WHEN NOT tok <@ owned THEN 'is not owned by this shard' END \
-            INTO e, t, refused \
-            FROM (SELECT epoch, fenced, owned, hashint8extended({key}, seed) AS tok \
-                  FROM {SHARD_SCHEMA}.fence) s;
+        "refused := {SHARD_SCHEMA}.{REFUSAL}({key});
         IF refused IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_MOVED}',
-                MESSAGE = format('postshard: token %s (key %s of {name}) %s at epoch %s', t, {key}, refused, e),
+                MESSAGE = format('postshard: token %s (key %s of {name}) %s', \
+                    {SHARD_SCHEMA}.{TOKEN}({key}), {key}, refused),
                 HINT = 'Reload the shard map from the control store and retry at the new owner.';
         END IF;"
     )
 }
 
-/// DDL creating (or replacing) the fence schema, table and the trigger
-/// function of every table; idempotent. Triggers come apart, in
-/// [`triggers_sql`], so that tables copied to a new shard can be created
-/// in between.
+/// The generated function judging a key: NULL when the shard accepts it,
+/// else the reason (`is fenced for a move at epoch E`, `is not owned by
+/// this shard at epoch E`).
+const REFUSAL: &str = "refusal";
+/// The generated function giving a key's token under the fence's seed.
+const TOKEN: &str = "token";
+
+/// DDL creating (or replacing) the fence schema, table and functions, and
+/// the trigger function of every table; idempotent. Triggers come apart,
+/// in [`triggers_sql`], so that tables copied to a new shard can be
+/// created in between.
+///
+/// The fence row is the truth; every change to it (an `ALWAYS` trigger, so
+/// even a replica-role session) regenerates `refusal(key)` and `token(key)`
+/// as SQL functions with the seed and ranges as constants. The table
+/// triggers call them as simple expressions that PL/pgSQL inlines and
+/// plans once per session: a write costs a hash and two binary searches,
+/// with no query, snapshot or lock on the fence table. Replacing a
+/// function invalidates every session's cached plans; a transaction that
+/// started after the change commits reads the new definition, and older
+/// ones are waited for (see [`wait_for_older_transactions`]).
 pub fn schema_sql(map: &ShardMap) -> String {
     let s = SHARD_SCHEMA;
     let mut sql = format!(
@@ -181,10 +195,35 @@ pub fn schema_sql(map: &ShardMap) -> String {
             fenced int8multirange NOT NULL DEFAULT '{{}}',
             updated_at timestamptz NOT NULL DEFAULT now()
         );
-        -- Keep the row uncompressed up to a page: the trigger reads it on
-        -- every write, and decompressing hundreds of ranges costs more
-        -- than the check itself.
-        ALTER TABLE {s}.fence SET (toast_tuple_target = 8160);\n"
+        CREATE OR REPLACE FUNCTION {s}.refresh_fence() RETURNS trigger
+        LANGUAGE plpgsql AS $postshard$
+        BEGIN
+            EXECUTE format(
+                'CREATE OR REPLACE FUNCTION {s}.{TOKEN}(k bigint) RETURNS bigint '
+                'LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
+                format('SELECT hashint8extended(k, %s)', NEW.seed));
+            EXECUTE format(
+                'CREATE OR REPLACE FUNCTION {s}.{REFUSAL}(k bigint) RETURNS text '
+                'LANGUAGE sql STABLE PARALLEL SAFE AS %L',
+                format('SELECT CASE WHEN hashint8extended(k, %s) <@ %L::int8multirange THEN %L '
+                       'WHEN NOT hashint8extended(k, %s) <@ %L::int8multirange THEN %L END',
+                       NEW.seed, NEW.fenced, format('is fenced for a move at epoch %s', NEW.epoch),
+                       NEW.seed, NEW.owned, format('is not owned by this shard at epoch %s', NEW.epoch)));
+            RETURN NULL;
+        END
+        $postshard$;
+        CREATE OR REPLACE TRIGGER refresh_fence AFTER INSERT OR UPDATE ON {s}.fence
+            FOR EACH ROW EXECUTE FUNCTION {s}.refresh_fence();
+        ALTER TABLE {s}.fence ENABLE ALWAYS TRIGGER refresh_fence;
+        -- Until the fence row exists, every key is accepted.
+        DO $postshard$ BEGIN
+            IF to_regprocedure('{s}.{REFUSAL}(bigint)') IS NULL THEN
+                CREATE FUNCTION {s}.{REFUSAL}(k bigint) RETURNS text
+                    LANGUAGE sql STABLE PARALLEL SAFE AS 'SELECT NULL::text';
+                CREATE FUNCTION {s}.{TOKEN}(k bigint) RETURNS bigint
+                    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS 'SELECT hashint8extended(k, 0)';
+            END IF;
+        END $postshard$;\n"
     );
     for table in map.tables() {
         let old = key_check("OLD", table);
@@ -196,8 +235,6 @@ pub fn schema_sql(map: &ShardMap) -> String {
             "CREATE OR REPLACE FUNCTION {s}.{func}() RETURNS trigger
             LANGUAGE plpgsql AS $postshard$
             DECLARE
-                e bigint;
-                t bigint;
                 refused text;
             BEGIN
                 IF TG_OP <> 'INSERT' THEN
