@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::task::AbortHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
-use crate::connect::{connect, pg_config};
+use crate::connect::{connect, pg_config, tls_connector};
 use crate::live_map::{self, LiveMapError, EPOCH_CHANNEL};
 use crate::map::env_var;
 use crate::router::{describe, Routing};
@@ -104,6 +104,12 @@ impl Live {
         control: &ConnUrl,
         options: LiveOptions,
     ) -> Result<(Arc<ArcSwap<Routing>>, Arc<Live>), RouterError> {
+        if options.renew_every >= options.lease {
+            return Err(control_error(format!(
+                "renew_every ({:?}) must be shorter than the lease ({:?})",
+                options.renew_every, options.lease
+            )));
+        }
         let client = tokio::time::timeout(
             options.control_timeout,
             connect(control, options.control_timeout),
@@ -372,13 +378,15 @@ impl Live {
     /// every notification and every poll interval until it drops.
     async fn listen(&self) -> Result<(), RouterError> {
         // The listening connection needs the driver's notification stream,
-        // which `crate::connect` does not expose; it uses the same settings.
+        // which `crate::connect` does not expose; it uses the same settings
+        // and the same TLS verification.
         let config =
             pg_config(&self.control, self.options.control_timeout).map_err(control_error)?;
+        let tls = tls_connector(&self.control).map_err(control_error)?;
         let (client, mut connection) = self
             .timed(async {
                 config
-                    .connect(NoTls)
+                    .connect(tls)
                     .await
                     .map_err(|e| control_error(describe(&e)))
             })
