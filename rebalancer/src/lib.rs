@@ -4,6 +4,9 @@
 //! [`skew`] measures how unevenly load is spread; [`plan`] plans the token
 //! moves that add, remove or reweight shards or even out load.
 
+pub mod control;
+pub mod fence;
+pub mod init;
 pub mod layout;
 pub mod live;
 pub mod plan;

@@ -8,6 +8,7 @@
 pub mod connect;
 mod connect_failures;
 pub mod hash;
+pub mod live_map;
 pub mod load;
 pub mod map;
 pub mod ring;
@@ -19,5 +20,5 @@ pub use hash::{hashint8extended, Token};
 pub use load::{HotToken, LoadReport, LoadUnit};
 pub use map::{MapError, ShardMap};
 pub use ring::Ring;
-pub use router::{Client, Params, Router, RouterError, ShardRows};
+pub use router::{describe as describe_db_error, Client, Params, Router, RouterError, ShardRows};
 pub use url::ConnUrl;

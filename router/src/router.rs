@@ -75,7 +75,7 @@ impl RouterError {
 
 /// Describes a driver error with the server's message, which the error's own
 /// `Display` leaves out ("db error").
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
         None => {

@@ -2,7 +2,10 @@
 
 mod check;
 mod failure;
+mod init;
+mod map_export;
 mod map_init;
+mod map_source;
 mod output;
 mod plan;
 mod route;
@@ -26,6 +29,8 @@ pub struct Cli {
 enum Command {
     /// Validate a shard map and show each shard's share of the token space.
     Check(check::Args),
+    /// Create the control store and ready every shard (fence, missing tables); idempotent.
+    Init(init::Args),
     /// Print the token and owning shard of post IDs.
     Route(route::Args),
     /// Write shard maps.
@@ -58,14 +63,18 @@ enum SkewCommand {
 enum MapCommand {
     /// Print a balanced shardmap.yaml for the given shards.
     Init(map_init::Args),
+    /// Print the live map from the control store.
+    Export(map_export::Args),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Init(args) => init::run(args),
         Command::Route(args) => route::run(args),
         Command::Map(MapCommand::Init(args)) => map_init::run(args),
+        Command::Map(MapCommand::Export(args)) => map_export::run(args),
         Command::Plan(command) => plan::run(command),
         Command::Skew(SkewArgs {
             command: Some(SkewCommand::Simulate(args)),

@@ -14,7 +14,7 @@ use postshard_rebalancer::plan::{
 };
 use postshard_rebalancer::skew::Skew;
 use postshard_router::ring::TOKEN_SPACE;
-use postshard_router::{LoadUnit, MapError, ShardMap};
+use postshard_router::{LoadUnit, ShardMap};
 
 use super::output::{eprint, percent, print, write_files};
 use super::Failure;
@@ -211,7 +211,7 @@ fn balance(args: BalanceArgs) -> Result<(), Failure> {
 /// must answer, since a plan from partial data would be wrong.
 fn measure_live(path: &Path, metric: Metric) -> Result<LoadFile, Failure> {
     // Connecting needs the real secrets, not placeholders.
-    let map = ShardMap::from_path(path)?;
+    let map = super::map_source::load(path)?;
     let options = live::Options {
         window: None,
         hot_keys: LIVE_HOT_KEYS,
@@ -268,15 +268,7 @@ fn split<'a>(spec: &'a str, form: &str) -> Result<(&'a str, &'a str), Failure> {
 
 /// The map at `path`, `${VAR}`s resolved with [`offline_env`].
 fn load_map(path: &Path) -> Result<ShardMap, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(ShardMap::parse(
-        &text,
-        &path.display().to_string(),
-        &offline_env,
-    )?)
+    super::map_source::load_with(path, &offline_env)
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> Failure {

@@ -29,7 +29,7 @@ pub struct Args {
 /// line stops the command with `stdin:LINE:` and the line as written, its
 /// invisible characters escaped (exit 2); lines before it have been routed.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let map = ShardMap::from_path(&args.map)?;
+    let map = super::map_source::load(&args.map)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     if args.ids.is_empty() {

@@ -63,7 +63,7 @@ impl From<By> for Metric {
 /// problem: a table or key column missing or a key that is not an integer
 /// (exit 2), an unreachable shard or rows with a NULL key (exit 1).
 pub fn run(args: Args) -> Result<(), Failure> {
-    let map = ShardMap::from_path(&args.map)?;
+    let map = super::map_source::load(&args.map)?;
     let metric = Metric::from(args.by);
     let window = match (args.window, metric) {
         (Some(secs), _) if !(secs.is_finite() && (0.0..=3600.0).contains(&secs)) => {

@@ -4,7 +4,10 @@
 mod cli_files;
 mod cli_map;
 mod common;
+mod control;
+mod fence;
 mod hash_pg;
+mod init;
 mod plan_cli;
 mod router_pg;
 mod skew_activity;

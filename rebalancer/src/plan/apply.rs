@@ -135,6 +135,7 @@ pub(super) fn raw_map(
                 shard,
             })
             .collect(),
+        control: map.control().map(|c| c.template().to_string()),
     }
 }
 

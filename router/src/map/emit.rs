@@ -56,6 +56,9 @@ fn write_yaml(map: &ShardMap, out: &mut String) -> std::fmt::Result {
     writeln!(out, "hash:")?;
     writeln!(out, "  function: {HASH_FUNCTION}")?;
     writeln!(out, "  seed: {}", map.seed)?;
+    if let Some(control) = &map.control {
+        writeln!(out, "control: {}", yaml_scalar(control.template()))?;
+    }
     writeln!(out, "tables:")?;
     for t in &map.tables {
         writeln!(out, "  - {{ name: {}, key: {} }}", t.name, t.key)?;

@@ -36,6 +36,7 @@ pub struct ShardMap {
     tables: Vec<Table>,
     shards: Vec<Shard>,
     ring: Ring,
+    control: Option<ConnUrl>,
 }
 
 /// A sharded table: rows with the same key value live on the same shard.
@@ -160,6 +161,12 @@ impl ShardMap {
     /// The ring.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// The control store's URL (`control:`), when the map names one: the
+    /// live map, migration journal and router registrations live there.
+    pub fn control(&self) -> Option<&ConnUrl> {
+        self.control.as_ref()
     }
 
     /// Index of the shard called `name`.

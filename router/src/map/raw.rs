@@ -25,6 +25,9 @@ pub struct RawMap {
     pub shards: Vec<RawShard>,
     /// Arcs of the ring, in token order.
     pub ring: Vec<RawArc>,
+    /// Connection URL of the control store; `${VAR}` expands from the environment.
+    #[serde(default)]
+    pub control: Option<String>,
 }
 
 /// `hash:` section.
@@ -114,6 +117,7 @@ impl RawMap {
             tables,
             shards,
             ring,
+            control: None,
         }
     }
 }

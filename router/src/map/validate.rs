@@ -218,6 +218,11 @@ pub(crate) fn validate(
         }
     }
 
+    let control = raw
+        .control
+        .as_deref()
+        .and_then(|template| check_control(&mut ck, template, env));
+
     let mut arcs = Vec::with_capacity(raw.ring.len());
     let mut previous: Option<i128> = None;
     if raw.ring.is_empty() {
@@ -264,11 +269,52 @@ pub(crate) fn validate(
             tables,
             shards,
             ring: Ring::from_checked(&arcs),
+            control,
         }),
         _ => {
             ck.problems
                 .sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
             Err(ck.problems)
+        }
+    }
+}
+
+/// The control store's URL: no literal password, every `${VAR}` set, and a
+/// valid connection string naming a host. It may share a server (even a
+/// database) with a shard.
+fn check_control(
+    ck: &mut Checker<'_>,
+    template: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ConnUrl> {
+    if has_literal_password(template) {
+        ck.report(
+            "control",
+            format!(
+                "the URL `{}` holds a literal password; write it as ${{VAR}}",
+                redact(template)
+            ),
+        );
+        return None;
+    }
+    let url = match ConnUrl::expand(template, env) {
+        Ok(url) => url,
+        Err(problems) => {
+            for p in problems {
+                ck.report("control", p);
+            }
+            return None;
+        }
+    };
+    match tokio_postgres::Config::from_str(url.expose()) {
+        Ok(config) if !config.get_hosts().is_empty() => Some(url),
+        Ok(_) => {
+            ck.report("control", format!("connection URL `{url}` names no host"));
+            None
+        }
+        Err(e) => {
+            ck.report("control", format!("invalid connection URL `{url}`: {e}"));
+            None
         }
     }
 }

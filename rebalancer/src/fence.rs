@@ -1,0 +1,496 @@
+//! Fences in storage: each shard refuses writes to tokens it does not own.
+//!
+//! Every shard has a schema [`SHARD_SCHEMA`] with one table, `fence`, holding
+//! one row: the epoch, the seed, the token ranges the shard `owned` at that
+//! epoch and the ranges `fenced` for an in-flight blocking move (both
+//! `int8multirange`). Every sharded table has a `BEFORE INSERT OR UPDATE OR
+//! DELETE … FOR EACH ROW` trigger ([`TRIGGER`]) whose function reads that row
+//! and raises SQLSTATE [`SQLSTATE_MOVED`] when the row's token is fenced or
+//! not owned, naming the token, key, table and epoch. For an UPDATE it checks
+//! the old key and, when it changed, the new one.
+//!
+//! The trigger is an ordinary (`ENABLE`, origin) trigger: the mover's
+//! sessions run with `session_replication_role = replica` and bypass it,
+//! while every application write, routed or not, is checked.
+//!
+//! # Writers that passed the fence before it was raised
+//!
+//! [`raise`] and [`set_owned`] commit the new fence row, then wait until
+//! every transaction of this database that was running at that moment has
+//! ended ([`wait_for_older_transactions`]): the set of virtual transaction
+//! ids held by client backends is read from `pg_locks` after the commit and
+//! polled until none is left, as `CREATE INDEX CONCURRENTLY` waits for older
+//! snapshots. Why this is enough: a transaction whose writes could have
+//! passed the old fence took its snapshot (in READ COMMITTED, the snapshot
+//! of the statement that wrote; in REPEATABLE READ, its first one) before
+//! the fence committed, so it had started before the commit and holds a
+//! virtual xid lock that the later `pg_locks` read lists. Every transaction
+//! started after that read takes all its snapshots after the commit and
+//! sees the new fence. Taking `SHARE ROW EXCLUSIVE` locks instead would only
+//! flush transactions that had already written; a REPEATABLE READ
+//! transaction that writes later, with a snapshot from before the fence,
+//! would still read the old fence row.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use postshard_router::map::Table;
+use postshard_router::{describe_db_error, ShardMap, Token};
+use tokio_postgres::Client;
+
+/// Schema of postshard's objects on every shard.
+pub const SHARD_SCHEMA: &str = "postshard";
+/// Name of the fence trigger on every sharded table. It sorts after most
+/// names, so among `BEFORE` triggers it fires last and checks the key as
+/// it will be stored.
+pub const TRIGGER: &str = "zz_postshard_fence";
+/// SQLSTATE a shard raises for a write to a token it does not own.
+pub const SQLSTATE_MOVED: &str = "PS001";
+
+/// A failure managing a shard's fence.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// A statement failed.
+    #[error("fence: {what}: {detail}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The server's or driver's message.
+        detail: String,
+    },
+    /// Older transactions did not end in time; the fence stays raised.
+    #[error("fence: transactions of backends {pids:?} started before the fence and are still running after {waited:?}")]
+    OlderTransactions {
+        /// Their backends' process ids.
+        pids: Vec<i32>,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The shard has no fence state (`postshard init` has not run on it).
+    #[error("fence: the shard has no fence state; run `postshard init`")]
+    NotInstalled,
+}
+
+fn query_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> FenceError {
+    move |e| FenceError::Query {
+        what,
+        detail: describe_db_error(&e),
+    }
+}
+
+/// Tokens `from ..= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokenRange {
+    /// First token.
+    pub from: Token,
+    /// Last token (inclusive).
+    pub last: Token,
+}
+
+impl TokenRange {
+    /// The range as an `int8range` literal (half-open, unbounded above when
+    /// it ends at the last token).
+    fn sql_literal(self) -> String {
+        if self.last == Token::MAX {
+            format!("[{},)", self.from)
+        } else {
+            format!("[{},{})", self.from, i128::from(self.last) + 1)
+        }
+    }
+}
+
+/// `ranges` as an `int8multirange` literal.
+fn multirange_literal(ranges: &[TokenRange]) -> String {
+    let parts: Vec<String> = ranges.iter().map(|r| r.sql_literal()).collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// The token ranges shard `shard` owns in `map`, adjacent arcs merged.
+pub fn owned_ranges(map: &ShardMap, shard: usize) -> Vec<TokenRange> {
+    let mut ranges: Vec<TokenRange> = Vec::new();
+    for arc in map.ring().arcs().filter(|a| a.shard == shard) {
+        match ranges.last_mut() {
+            Some(prev) if i128::from(prev.last) + 1 == i128::from(arc.from) => prev.last = arc.last,
+            _ => ranges.push(TokenRange {
+                from: arc.from,
+                last: arc.last,
+            }),
+        }
+    }
+    ranges
+}
+
+/// A shard's fence row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceState {
+    /// The epoch ownership was last set for.
+    pub epoch: u64,
+    /// The seed tokens are computed with.
+    pub seed: i64,
+    /// Ranges the shard accepts writes to (unless fenced).
+    pub owned: Vec<TokenRange>,
+    /// Ranges fenced for an in-flight move.
+    pub fenced: Vec<TokenRange>,
+}
+
+/// The name of the fence trigger function of `table`: readable, unique per
+/// table name (a hash of the full name), within PostgreSQL's 63 bytes.
+pub fn trigger_function(table: &Table) -> String {
+    // FNV-1a: stable across runs and versions, unlike std's hasher.
+    let hash = table.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let readable: String = table.name.replace('.', "__").chars().take(40).collect();
+    format!("fence_{readable}_{:08x}", hash as u32)
+}
+
+/// The checks of one key (`OLD` or `NEW`) in the trigger function.
+fn key_check(row: &str, table: &Table) -> String {
+    let key = format!("{row}.{}", table.sql_key());
+    let name = table.name.replace('\'', "''");
+    format!(
+        "t := hashint8extended({key}, f.seed);
+        IF t <@ f.fenced THEN
+            RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_MOVED}',
+                MESSAGE = format('postshard: token %s (key %s of {name}) is fenced for a move at epoch %s', t, {key}, f.epoch),
+                HINT = 'Reload the shard map from the control store and retry at the new owner.';
+        ELSIF NOT t <@ f.owned THEN
+            RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_MOVED}',
+                MESSAGE = format('postshard: token %s (key %s of {name}) is not owned by this shard at epoch %s', t, {key}, f.epoch),
+                HINT = 'Reload the shard map from the control store and retry at the new owner.';
+        END IF;"
+    )
+}
+
+/// DDL creating (or replacing) the fence schema, table and the trigger
+/// function of every table; idempotent. Triggers come apart, in
+/// [`triggers_sql`], so that tables copied to a new shard can be created
+/// in between.
+pub fn schema_sql(map: &ShardMap) -> String {
+    let s = SHARD_SCHEMA;
+    let mut sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+        CREATE TABLE IF NOT EXISTS {s}.fence (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            epoch bigint NOT NULL CHECK (epoch >= 0),
+            seed bigint NOT NULL,
+            owned int8multirange NOT NULL,
+            fenced int8multirange NOT NULL DEFAULT '{{}}',
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );\n"
+    );
+    for table in map.tables() {
+        let old = key_check("OLD", table);
+        let new = key_check("NEW", table);
+        let key = table.sql_key();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            sql,
+            "CREATE OR REPLACE FUNCTION {s}.{func}() RETURNS trigger
+            LANGUAGE plpgsql AS $postshard$
+            DECLARE
+                f record;
+                t bigint;
+            BEGIN
+                SELECT seed, epoch, owned, fenced INTO f FROM {s}.fence;
+                IF FOUND THEN
+                    IF TG_OP <> 'INSERT' THEN
+                        {old}
+                    END IF;
+                    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.{key} IS DISTINCT FROM OLD.{key}) THEN
+                        {new}
+                    END IF;
+                END IF;
+                IF TG_OP = 'DELETE' THEN
+                    RETURN OLD;
+                END IF;
+                RETURN NEW;
+            END
+            $postshard$;\n",
+            func = trigger_function(table),
+        );
+    }
+    sql
+}
+
+/// DDL installing (or replacing) the fence trigger on every sharded table.
+pub fn triggers_sql(map: &ShardMap) -> String {
+    let mut sql = String::new();
+    for table in map.tables() {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            sql,
+            "CREATE OR REPLACE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {} \
+             FOR EACH ROW EXECUTE FUNCTION {SHARD_SCHEMA}.{}();",
+            table.sql_name(),
+            trigger_function(table)
+        );
+    }
+    sql
+}
+
+/// SQL seeding the fence row with `owned` at `epoch` when there is none.
+pub fn seed_sql(map: &ShardMap, owned: &[TokenRange]) -> String {
+    format!(
+        "INSERT INTO {SHARD_SCHEMA}.fence (epoch, seed, owned) VALUES ({}, {}, '{}') \
+         ON CONFLICT (singleton) DO NOTHING;",
+        map.version(),
+        map.seed(),
+        multirange_literal(owned)
+    )
+}
+
+/// The shard's fence row.
+///
+/// Errors: [`FenceError::NotInstalled`] when there is none.
+pub async fn read(client: &Client) -> Result<FenceState, FenceError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT epoch, seed, \
+                 ARRAY(SELECT lower(r) FROM unnest(owned) r ORDER BY 1), \
+                 ARRAY(SELECT upper(r) FROM unnest(owned) r ORDER BY lower(r)), \
+                 ARRAY(SELECT lower(r) FROM unnest(fenced) r ORDER BY 1), \
+                 ARRAY(SELECT upper(r) FROM unnest(fenced) r ORDER BY lower(r)) \
+                 FROM {SHARD_SCHEMA}.fence"
+            ),
+            &[],
+        )
+        .await
+        .map_err(query_error("reading the fence"))?
+        .ok_or(FenceError::NotInstalled)?;
+    let ranges = |lower: Vec<Option<i64>>, upper: Vec<Option<i64>>| -> Vec<TokenRange> {
+        lower
+            .into_iter()
+            .zip(upper)
+            .map(|(l, u)| TokenRange {
+                from: l.unwrap_or(Token::MIN),
+                last: u.map_or(Token::MAX, |u| u.saturating_sub(1)),
+            })
+            .collect()
+    };
+    Ok(FenceState {
+        epoch: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        seed: row.get(1),
+        owned: ranges(row.get(2), row.get(3)),
+        fenced: ranges(row.get(4), row.get(5)),
+    })
+}
+
+/// Fences `ranges` (adds them to the fenced set), then waits for every
+/// transaction that might have written to them under the old fence (see
+/// the module docs). On return, no write to `ranges` can commit on this
+/// shard except the mover's (`session_replication_role = replica`).
+///
+/// Errors: [`FenceError::OlderTransactions`] after `wait` (the fence stays
+/// raised: lower it or retry); [`FenceError::NotInstalled`].
+pub async fn raise(
+    client: &Client,
+    ranges: &[TokenRange],
+    wait: Duration,
+) -> Result<(), FenceError> {
+    update(
+        client,
+        "raising the fence",
+        "fenced = fenced + $1::text::int8multirange",
+        &multirange_literal(ranges),
+    )
+    .await?;
+    wait_for_older_transactions(client, wait).await
+}
+
+/// Removes `ranges` from the fenced set (writes to owned tokens among them
+/// are accepted again). Lowering needs no wait.
+pub async fn lower(client: &Client, ranges: &[TokenRange]) -> Result<(), FenceError> {
+    update(
+        client,
+        "lowering the fence",
+        "fenced = fenced - $1::text::int8multirange",
+        &multirange_literal(ranges),
+    )
+    .await
+}
+
+/// Sets the ranges the shard owns at `epoch` (after a flip: the source loses
+/// ranges, the target gains them, before the flip), then waits for older
+/// transactions as [`raise`] does, since ownership may have shrunk.
+pub async fn set_owned(
+    client: &Client,
+    epoch: u64,
+    owned: &[TokenRange],
+    wait: Duration,
+) -> Result<(), FenceError> {
+    let changed = client
+        .execute(
+            &format!(
+                "UPDATE {SHARD_SCHEMA}.fence SET epoch = $1, owned = $2::text::int8multirange, \
+                 updated_at = now()"
+            ),
+            &[
+                &i64::try_from(epoch).unwrap_or(i64::MAX),
+                &multirange_literal(owned),
+            ],
+        )
+        .await
+        .map_err(query_error("setting owned ranges"))?;
+    if changed == 0 {
+        return Err(FenceError::NotInstalled);
+    }
+    wait_for_older_transactions(client, wait).await
+}
+
+async fn update(
+    client: &Client,
+    what: &'static str,
+    set: &str,
+    ranges: &str,
+) -> Result<(), FenceError> {
+    let changed = client
+        .execute(
+            &format!("UPDATE {SHARD_SCHEMA}.fence SET {set}, updated_at = now()"),
+            &[&ranges],
+        )
+        .await
+        .map_err(query_error(what))?;
+    if changed == 0 {
+        return Err(FenceError::NotInstalled);
+    }
+    Ok(())
+}
+
+/// Waits until every transaction of another client backend in this database
+/// that is running now has ended. Call it outside a transaction, after
+/// committing the change whose older readers must be gone.
+///
+/// Errors: [`FenceError::OlderTransactions`] after `wait`.
+pub async fn wait_for_older_transactions(
+    client: &Client,
+    wait: Duration,
+) -> Result<(), FenceError> {
+    let rows = client
+        .query(
+            "SELECT l.virtualxid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'virtualxid' AND l.granted \
+             AND l.virtualxid = l.virtualtransaction \
+             AND a.backend_type = 'client backend' AND a.datname = current_database() \
+             AND l.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(query_error("listing running transactions"))?;
+    let older: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if older.is_empty() {
+        return Ok(());
+    }
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_locks WHERE locktype = 'virtualxid' AND granted \
+                 AND virtualxid = ANY($1) AND virtualxid = virtualtransaction",
+                &[&older],
+            )
+            .await
+            .map_err(query_error("waiting for older transactions"))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= wait {
+            return Err(FenceError::OlderTransactions {
+                pids: rows.iter().map(|r| r.get(0)).collect(),
+                waited: start.elapsed(),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postshard_router::map::raw::{RawMap, RawShard, RawTable};
+
+    fn map(ring: &[(Token, usize)]) -> ShardMap {
+        let raw = RawMap::new(
+            3,
+            0,
+            vec![RawTable::new("forum.posts", "id")],
+            vec![
+                RawShard::new("a", "postgres://h/a"),
+                RawShard::new("b", "postgres://h/b"),
+            ],
+            ring,
+        );
+        ShardMap::from_raw(raw, "test", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn owned_ranges_merge_adjacent_arcs_and_reach_the_ends() {
+        let m = map(&[(i64::MIN, 0), (-5, 0), (0, 1), (10, 0)]);
+        assert_eq!(
+            owned_ranges(&m, 0),
+            vec![
+                TokenRange {
+                    from: i64::MIN,
+                    last: -1
+                },
+                TokenRange {
+                    from: 10,
+                    last: i64::MAX
+                }
+            ]
+        );
+        assert_eq!(owned_ranges(&m, 1), vec![TokenRange { from: 0, last: 9 }]);
+    }
+
+    #[test]
+    fn literals_are_half_open_and_unbounded_at_the_top() {
+        let ranges = [
+            TokenRange {
+                from: i64::MIN,
+                last: -1,
+            },
+            TokenRange {
+                from: 10,
+                last: i64::MAX,
+            },
+        ];
+        assert_eq!(
+            multirange_literal(&ranges),
+            "{[-9223372036854775808,0),[10,)}"
+        );
+        assert_eq!(multirange_literal(&[]), "{}");
+    }
+
+    #[test]
+    fn trigger_function_names_are_distinct_and_short() {
+        let long = "a".repeat(63);
+        let names: Vec<String> = [
+            Table {
+                name: "posts".into(),
+                key: "id".into(),
+            },
+            Table {
+                name: "forum.posts".into(),
+                key: "id".into(),
+            },
+            Table {
+                name: format!("{long}.{long}"),
+                key: "id".into(),
+            },
+            Table {
+                name: format!("{long}.{long}b"),
+                key: "id".into(),
+            },
+        ]
+        .iter()
+        .map(trigger_function)
+        .collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.len() <= 63, "{n}");
+            assert!(!names[..i].contains(n), "{n} repeats");
+        }
+    }
+}
