@@ -2,7 +2,8 @@
 //!
 //! [`layout`] computes the ideal division of the token space by weight;
 //! [`skew`] measures how unevenly load is spread; [`plan`] plans the token
-//! moves that add, remove or reweight shards or even out load.
+//! moves that add, remove or reweight shards or even out load; [`range`]
+//! copies, checksums and deletes token ranges and verifies a whole cluster.
 
 pub mod control;
 pub mod fence;
@@ -10,5 +11,6 @@ pub mod init;
 pub mod layout;
 pub mod live;
 pub mod plan;
+pub mod range;
 pub mod simulate;
 pub mod skew;

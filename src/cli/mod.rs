@@ -11,6 +11,7 @@ mod plan;
 mod route;
 mod skew_live;
 mod skew_simulate;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,9 @@ enum Command {
     /// Measure how evenly rows and load are spread over the live shards
     /// (`skew simulate` compares strategies on synthetic keys instead).
     Skew(SkewArgs),
+    /// Check that every row is on the shard owning its token, with row
+    /// counts and checksums per arc.
+    Verify(verify::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,5 +88,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             command: None,
             live,
         }) => skew_live::run(live),
+        Command::Verify(args) => verify::run(args),
     }
 }

@@ -1,0 +1,216 @@
+//! Copying a token range of every sharded table from a source shard to a
+//! target shard with binary COPY, streamed chunk by chunk: the range is
+//! never held in memory.
+//!
+//! The copy is idempotent, so `resume` can simply rerun it: in one target
+//! transaction (replica role, so the app's triggers and foreign-key checks do
+//! not fire) it deletes the range's rows already on the target, then copies
+//! each table. Either every table's range lands or none does.
+
+use futures_util::{SinkExt, StreamExt};
+use postshard_router::map::Table;
+use tokio_postgres::Client;
+
+use super::schema::{read_schema, SchemaError, TableSchema};
+use super::{begin_snapshot, describe, Endpoint, TokenRange, REPLICA_ROLE};
+
+/// What to copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySpec<'a> {
+    /// The sharded tables (from the map), copied in this order.
+    pub tables: &'a [Table],
+    /// The map's `hashint8extended` seed.
+    pub seed: i64,
+    /// The tokens whose rows move.
+    pub range: TokenRange,
+    /// Read the source as of this exported snapshot (`pg_export_snapshot()`
+    /// or a replication slot's); `None` takes a fresh snapshot, one for all
+    /// tables.
+    pub snapshot: Option<&'a str>,
+}
+
+/// One table's share of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCopied {
+    /// Table as the map names it.
+    pub table: String,
+    /// Rows written to the target.
+    pub rows: u64,
+    /// Rows of the range that were already on the target and were replaced.
+    pub replaced: u64,
+    /// Bytes of COPY data streamed (binary format).
+    pub bytes: u64,
+}
+
+/// Why a copy failed; the target is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A table could not be read from a catalog, or cannot be sharded.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// Source and target disagree on a table's columns.
+    #[error(
+        "table {table}: columns differ between source shard {source_shard} and target shard {target_shard}: {}",
+        differences.join("; ")
+    )]
+    ColumnsDiffer {
+        /// Table as the map names it.
+        table: String,
+        /// Source shard.
+        source_shard: String,
+        /// Target shard.
+        target_shard: String,
+        /// One line per column (as seen from the source).
+        differences: Vec<String>,
+    },
+    /// A statement on one side failed.
+    #[error("{side} shard {shard}: table {table}: {detail}")]
+    Query {
+        /// `source` or `target`.
+        side: &'static str,
+        /// Shard name.
+        shard: String,
+        /// Table as the map names it (empty for the transaction itself).
+        table: String,
+        /// The server's or driver's message.
+        detail: String,
+        /// Driver error.
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Copies the rows of `spec.range` of every table from `source` to `target`.
+///
+/// The source is read in one repeatable-read snapshot (or `spec.snapshot`);
+/// the target is written in one transaction in replica role that first
+/// deletes the range's rows it already has (so rerunning is harmless), then
+/// COPYs each table with its non-generated columns matched by name. Identity
+/// and serial values are kept (sequences are not advanced).
+///
+/// Errors: [`CopyError::Schema`] when a table is missing or has a bad key on
+/// either side; [`CopyError::ColumnsDiffer`] when the sides' columns differ
+/// by name, type or generation; [`CopyError::Query`] when a statement fails.
+/// On any error the target transaction rolls back.
+pub async fn copy_range(
+    source: Endpoint<'_>,
+    target: Endpoint<'_>,
+    spec: &CopySpec<'_>,
+) -> Result<Vec<TableCopied>, CopyError> {
+    let (source_shard, target_shard) = (source.shard, target.shard);
+    let read = begin_snapshot(source.client, spec.snapshot)
+        .await
+        .map_err(|e| query_error("source", source_shard, "", e))?;
+    let write = target
+        .client
+        .transaction()
+        .await
+        .map_err(|e| query_error("target", target_shard, "", e))?;
+    write
+        .batch_execute(REPLICA_ROLE)
+        .await
+        .map_err(|e| query_error("target", target_shard, "", e))?;
+    let mut copied = Vec::with_capacity(spec.tables.len());
+    for table in spec.tables {
+        let from = read_schema(&read, source_shard, table).await?;
+        let to = read_schema(&write, target_shard, table).await?;
+        let differences = from.differences(&to);
+        if !differences.is_empty() {
+            return Err(CopyError::ColumnsDiffer {
+                table: table.name.clone(),
+                source_shard: source_shard.to_string(),
+                target_shard: target_shard.to_string(),
+                differences,
+            });
+        }
+        let on_target = |e| query_error("target", target_shard, &table.name, e);
+        let replaced = write
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE {}",
+                    table.sql_name(),
+                    spec.range.predicate(table, spec.seed)
+                ),
+                &[],
+            )
+            .await
+            .map_err(on_target)?;
+        let (rows, bytes) = stream_table(
+            read.client(),
+            write.client(),
+            &from,
+            spec,
+            (source_shard, target_shard),
+        )
+        .await?;
+        copied.push(TableCopied {
+            table: table.name.clone(),
+            rows,
+            replaced,
+            bytes,
+        });
+    }
+    write
+        .commit()
+        .await
+        .map_err(|e| query_error("target", target_shard, "", e))?;
+    // The read-only snapshot ends either way; a failed COMMIT of a read-only
+    // transaction changes nothing.
+    read.commit()
+        .await
+        .map_err(|e| query_error("source", source_shard, "", e))?;
+    Ok(copied)
+}
+
+/// Streams one table's range: `COPY (SELECT …) TO STDOUT` on the source piped
+/// into `COPY … FROM STDIN` on the target, both binary. Returns rows written
+/// and bytes streamed.
+async fn stream_table(
+    source: &Client,
+    target: &Client,
+    schema: &TableSchema,
+    spec: &CopySpec<'_>,
+    (source_shard, target_shard): (&str, &str),
+) -> Result<(u64, u64), CopyError> {
+    let table = &schema.table;
+    let columns = TableSchema::column_list(&schema.copied_columns());
+    let out_sql = format!(
+        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+        table.sql_name(),
+        spec.range.predicate(table, spec.seed)
+    );
+    let in_sql = format!(
+        "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
+        table.sql_name()
+    );
+    let on_source = |e| query_error("source", source_shard, &table.name, e);
+    let on_target = |e| query_error("target", target_shard, &table.name, e);
+    let rows_out = source.copy_out(&out_sql).await.map_err(on_source)?;
+    let sink = target.copy_in(&in_sql).await.map_err(on_target)?;
+    futures_util::pin_mut!(rows_out);
+    futures_util::pin_mut!(sink);
+    let mut bytes = 0u64;
+    while let Some(chunk) = rows_out.next().await {
+        let chunk = chunk.map_err(on_source)?;
+        bytes += chunk.len() as u64;
+        // `feed` buffers without flushing; the sink sends 4 KiB messages.
+        // Dropping the sink on an error aborts the target's COPY.
+        sink.feed(chunk).await.map_err(on_target)?;
+    }
+    let rows = sink.as_mut().finish().await.map_err(on_target)?;
+    Ok((rows, bytes))
+}
+
+fn query_error(
+    side: &'static str,
+    shard: &str,
+    table: &str,
+    source: tokio_postgres::Error,
+) -> CopyError {
+    CopyError::Query {
+        side,
+        shard: shard.to_string(),
+        table: table.to_string(),
+        detail: describe(&source),
+        source,
+    }
+}
