@@ -125,7 +125,7 @@ struct TableInfo {
 /// the stored live map when comparing it.
 pub async fn init(
     map: &ShardMap,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
     options: &InitOptions,
 ) -> Result<InitReport, InitError> {
     let control_url = map.control().ok_or(InitError::NoControl)?;

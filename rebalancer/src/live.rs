@@ -469,7 +469,7 @@ async fn measure_shard(
         }
     }
     tx.commit().await.map_err(|e| errors.shard(e))?;
-    stats.hot_keys = top_keys(map, key_rows, options.hot_keys);
+    stats.hot_keys = top_keys(&map, key_rows, options.hot_keys);
     Ok(stats)
 }
 

@@ -9,6 +9,7 @@ pub mod connect;
 mod connect_failures;
 pub mod hash;
 pub mod live_map;
+mod live_router;
 pub mod load;
 pub mod map;
 pub mod ring;
@@ -17,8 +18,12 @@ pub mod url;
 
 pub use connect::{connect, ConnectError};
 pub use hash::{hashint8extended, Token};
+pub use live_router::LiveOptions;
 pub use load::{HotToken, LoadReport, LoadUnit};
 pub use map::{MapError, ShardMap};
 pub use ring::Ring;
-pub use router::{describe as describe_db_error, Client, Params, Router, RouterError, ShardRows};
+pub use router::{
+    describe as describe_db_error, Client, MapRef, Params, Router, RouterError, ShardRef,
+    ShardRows, SQLSTATE_MOVED,
+};
 pub use url::ConnUrl;

@@ -90,7 +90,7 @@ pub async fn live_epoch(client: &Client) -> Result<Option<u64>, LiveMapError> {
 /// [`LiveMapError::Invalid`] when it does not validate here.
 pub async fn load_live(
     client: &Client,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<ShardMap, LiveMapError> {
     let (epoch, text) = live_map_text(client)
         .await?

@@ -21,7 +21,10 @@ pub fn load(path: &Path) -> Result<ShardMap, Failure> {
 
 /// [`load`] with `${VAR}` of the map resolved by `env` (the control URL
 /// itself always from the environment: it must connect).
-pub fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<ShardMap, Failure> {
+pub fn load_with(
+    path: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<ShardMap, Failure> {
     let text = std::fs::read_to_string(path).map_err(|source| MapError::Read {
         path: path.to_path_buf(),
         source,

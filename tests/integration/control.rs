@@ -8,7 +8,7 @@ use postshard_router::live_map;
 use postshard_router::map::env_var;
 use postshard_router::map::raw::{RawMap, RawShard, RawTable};
 use postshard_router::{ShardMap, Token};
-use postshard_sandbox::Cluster;
+use postshard_sandbox::{Cluster, Server};
 use tokio_postgres::AsyncMessage;
 
 use crate::common::{connect, runtime};
@@ -30,8 +30,18 @@ pub fn control_map(
     seed: i64,
     ring: &[(Token, usize)],
 ) -> ShardMap {
-    let shards = cluster
-        .servers()
+    control_map_over(cluster.servers(), control, version, seed, ring)
+}
+
+/// [`control_map`] over some of a cluster's servers.
+pub fn control_map_over(
+    servers: &[Server],
+    control: &str,
+    version: u64,
+    seed: i64,
+    ring: &[(Token, usize)],
+) -> ShardMap {
+    let shards = servers
         .iter()
         .enumerate()
         .map(|(i, s)| RawShard::new(&format!("s{i}"), &s.url()))

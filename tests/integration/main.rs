@@ -8,6 +8,7 @@ mod control;
 mod fence;
 mod hash_pg;
 mod init;
+mod live_router;
 mod plan_cli;
 mod range_copy;
 mod router_pg;

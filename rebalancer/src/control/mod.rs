@@ -131,7 +131,7 @@ pub enum Seeded {
 pub async fn seed(
     client: &mut Client,
     map: &ShardMap,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Seeded, ControlError> {
     let tx = client
         .transaction()
@@ -204,7 +204,7 @@ async fn live_map_text(
 /// The live map, validated with `${VAR}` resolved by `env`.
 pub async fn live_map(
     client: &Client,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<ShardMap, ControlError> {
     Ok(live_map::load_live(client, env).await?)
 }
