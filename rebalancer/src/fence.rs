@@ -231,11 +231,15 @@ pub fn triggers_sql(map: &ShardMap) -> String {
 
 /// SQL seeding the fence row with `owned` at `epoch` when there is none.
 pub fn seed_sql(map: &ShardMap, owned: &[TokenRange]) -> String {
+    seed_sql_at(map.version(), map.seed(), owned)
+}
+
+/// [`seed_sql`] at `epoch` with `seed`: a shard a plan adds is seeded
+/// owning nothing at the live epoch, before the flip gives it ranges.
+pub fn seed_sql_at(epoch: u64, seed: i64, owned: &[TokenRange]) -> String {
     format!(
-        "INSERT INTO {SHARD_SCHEMA}.fence (epoch, seed, owned) VALUES ({}, {}, '{}') \
+        "INSERT INTO {SHARD_SCHEMA}.fence (epoch, seed, owned) VALUES ({epoch}, {seed}, '{}') \
          ON CONFLICT (singleton) DO NOTHING;",
-        map.version(),
-        map.seed(),
         multirange_literal(owned)
     )
 }

@@ -135,6 +135,56 @@ pub async fn init(
             what: "control store".into(),
             source,
         })?;
+    // 1. Inspect, changing nothing.
+    let mut inspected = inspect_shards(map, options).await?;
+    // The control store's check (another live epoch) also precedes changes.
+    if let Some(live) = live_epoch_if_installed(&control).await? {
+        if live != map.version() {
+            return Err(ControlError::OtherEpoch {
+                live,
+                file: map.version(),
+            }
+            .into());
+        }
+    }
+
+    // 2. Control store.
+    control::install(&control).await?;
+    let seeded = control::seed(&mut control, map, env).await?;
+
+    // 3. Shards.
+    let copied = install_shards(
+        map,
+        &mut inspected,
+        map.version(),
+        &|i| fence::owned_ranges(map, i),
+        options,
+    )
+    .await?;
+    Ok(InitReport {
+        seeded,
+        copied,
+        warnings: inspected.warnings,
+    })
+}
+
+/// Every shard of a map, connected and inspected (see [`inspect_shards`]).
+pub struct Inspected {
+    shards: Vec<Client>,
+    infos: Vec<Vec<Option<TableInfo>>>,
+    donor: Option<usize>,
+    /// Things that work but will bite later.
+    pub warnings: Vec<String>,
+}
+
+/// Connects to every shard of `map` and inspects its catalogs, changing
+/// nothing: step 1 of init, also run by `apply` before it prepares a shard
+/// a plan adds.
+///
+/// Errors: [`InitError::Refused`] listing every problem (a table missing
+/// everywhere, a non-integer key, no primary key, columns that differ);
+/// [`InitError::Connect`] / [`InitError::Shard`].
+pub async fn inspect_shards(map: &ShardMap, options: &InitOptions) -> Result<Inspected, InitError> {
     let mut shards = Vec::with_capacity(map.shards().len());
     for shard in map.shards() {
         let client = connect(&shard.url, options.connect_timeout)
@@ -146,7 +196,6 @@ pub async fn init(
         shards.push(client);
     }
 
-    // 1. Inspect, changing nothing.
     let mut infos: Vec<Vec<Option<TableInfo>>> = Vec::with_capacity(shards.len());
     for (shard, client) in map.shards().iter().zip(&shards) {
         let mut per_table = Vec::with_capacity(map.tables().len());
@@ -178,25 +227,37 @@ pub async fn init(
             })
         }
     };
-    // The control store's check (another live epoch) also precedes changes.
-    if let Some(live) = live_epoch_if_installed(&control).await? {
-        if live != map.version() {
-            return Err(ControlError::OtherEpoch {
-                live,
-                file: map.version(),
-            }
-            .into());
-        }
-    }
+    Ok(Inspected {
+        shards,
+        infos,
+        donor,
+        warnings,
+    })
+}
 
-    // 2. Control store.
-    control::install(&control).await?;
-    let seeded = control::seed(&mut control, map, env).await?;
-
-    // 3. Shards. The DDL copying missing tables is built first, while the
+/// Step 3 of init on every shard of `map`: the fence schema and functions,
+/// the sharded tables a shard lacks (copied from a donor), the fence
+/// triggers and, unless one exists, the fence row owning `owned(i)` at
+/// `epoch` for shard `i`. Idempotent. Returns per shard the tables copied
+/// to it and from which shard.
+pub async fn install_shards(
+    map: &ShardMap,
+    inspected: &mut Inspected,
+    epoch: u64,
+    owned: &dyn Fn(usize) -> Vec<fence::TokenRange>,
+    options: &InitOptions,
+) -> Result<Vec<(String, Vec<String>, Option<String>)>, InitError> {
+    let Inspected {
+        shards,
+        infos,
+        donor,
+        ..
+    } = inspected;
+    let (shards, infos, donor) = (shards, &*infos, *donor);
+    // The DDL copying missing tables is built first, while the
     // donor's connection can still be borrowed.
     let mut copies = Vec::with_capacity(shards.len());
-    for tables in &infos {
+    for tables in infos {
         let missing: Vec<&Table> = map
             .tables()
             .iter()
@@ -242,7 +303,7 @@ pub async fn init(
             sql.push_str("\nRESET search_path;\n");
         }
         sql.push_str(&fence::triggers_sql(map));
-        sql.push_str(&fence::seed_sql(map, &fence::owned_ranges(map, index)));
+        sql.push_str(&fence::seed_sql_at(epoch, map.seed(), &owned(index)));
         let tx = client
             .transaction()
             .await
@@ -258,11 +319,7 @@ pub async fn init(
         let missing: Vec<String> = if copy.is_some() { missing } else { Vec::new() };
         copied.push((shard.name.clone(), missing, copy.map(|(from, _)| from)));
     }
-    Ok(InitReport {
-        seeded,
-        copied,
-        warnings,
-    })
+    Ok(copied)
 }
 
 /// The live epoch when the control schema exists and holds one.

@@ -153,7 +153,8 @@ struct TableScan {
 
 /// Verifies every sharded table on every shard of `router`'s map.
 pub async fn verify(router: &Router, options: VerifyOptions) -> VerifyReport {
-    let map = router.map();
+    let map_ref = router.map();
+    let map: &ShardMap = &map_ref;
     let mut report = VerifyReport {
         arcs: map
             .ring()
@@ -273,9 +274,9 @@ async fn owner_holds(
             &[&key],
         )
         .await
-        .map_err(|e| query_error(router.map(), owner, &table.name, &e))?;
+        .map_err(|e| query_error(&router.map(), owner, &table.name, &e))?;
     row.try_get(0)
-        .map_err(|e| query_error(router.map(), owner, &table.name, &e))
+        .map_err(|e| query_error(&router.map(), owner, &table.name, &e))
 }
 
 /// Scans every table of shard `index` in one snapshot.
@@ -284,7 +285,8 @@ async fn scan_shard(
     index: usize,
     options: VerifyOptions,
 ) -> Result<Vec<TableScan>, VerifyError> {
-    let map = router.map();
+    let map_ref = router.map();
+    let map: &ShardMap = &map_ref;
     let name = shard_name(map, index);
     let mut client = router.client_of(index).await?;
     let tx = begin_snapshot(&mut client, None)
