@@ -9,6 +9,8 @@ mod fence;
 mod hash_pg;
 mod init;
 mod live_router;
+mod move_faults;
+mod move_support;
 mod plan_cli;
 mod range_copy;
 mod router_pg;

@@ -611,12 +611,14 @@ impl Run<'_> {
                 control::flip(&mut self.control, base, &self.new).await?;
             }
             Some(live) if live == new_epoch => {}
-            live => return Err(MigrateError::Journal {
-                id: self.migration.id,
-                what: format!(
+            live => {
+                return Err(MigrateError::Journal {
+                    id: self.migration.id,
+                    what: format!(
                     "the live epoch is {live:?}, neither the base {base} nor the new {new_epoch}"
                 ),
-            }),
+                })
+            }
         }
         for name in self.involved() {
             let owned = owned_by(&self.new, &name);
@@ -673,23 +675,18 @@ impl Run<'_> {
     async fn revoke_targets(&self) -> Result<(), MigrateError> {
         for target in self.targets() {
             let client = self.shard(&target).await?;
-            match fence::set_owned(
+            // A target not prepared yet has no fence: it owns nothing.
+            if fence::read(&client).await.is_err() {
+                continue;
+            }
+            fence::set_owned(
                 &client,
                 self.old.version(),
                 &owned_by(&self.old, &target),
                 self.options.fence_wait,
             )
             .await
-            {
-                // A target prepared by nothing yet has no fence row: it owns nothing.
-                Ok(()) | Err(FenceError::NotInstalled) => {}
-                Err(source) => {
-                    return Err(MigrateError::Fence {
-                        shard: target,
-                        source,
-                    })
-                }
-            }
+            .map_err(fence_error(&target))?;
         }
         Ok(())
     }
