@@ -158,6 +158,7 @@ pub async fn init(
         &mut inspected,
         map.version(),
         &|i| fence::owned_ranges(map, i),
+        &|_| true,
         options,
     )
     .await?;
@@ -238,13 +239,16 @@ pub async fn inspect_shards(map: &ShardMap, options: &InitOptions) -> Result<Ins
 /// Step 3 of init on every shard of `map`: the fence schema and functions,
 /// the sharded tables a shard lacks (copied from a donor), the fence
 /// triggers and, unless one exists, the fence row owning `owned(i)` at
-/// `epoch` for shard `i`. Idempotent. Returns per shard the tables copied
-/// to it and from which shard.
+/// `epoch` for shard `i`, on the shards `i` for which `install(i)` holds
+/// (the DDL locks the tables briefly: `apply` prepares only the shards a
+/// plan adds). Idempotent. Returns per shard installed the tables copied to
+/// it and from which shard.
 pub async fn install_shards(
     map: &ShardMap,
     inspected: &mut Inspected,
     epoch: u64,
     owned: &dyn Fn(usize) -> Vec<fence::TokenRange>,
+    install: &dyn Fn(usize) -> bool,
     options: &InitOptions,
 ) -> Result<Vec<(String, Vec<String>, Option<String>)>, InitError> {
     let Inspected {
@@ -288,6 +292,7 @@ pub async fn install_shards(
         .zip(shards.iter_mut())
         .zip(copies)
         .enumerate()
+        .filter(|(index, _)| install(*index))
     {
         let shard_error = |what: &'static str| {
             move |e: tokio_postgres::Error| InitError::Shard {

@@ -11,6 +11,7 @@ mod init;
 mod live_router;
 mod move_faults;
 mod move_support;
+mod move_writers;
 mod plan_cli;
 mod range_copy;
 mod router_pg;

@@ -487,6 +487,13 @@ impl Run<'_> {
         let mut inspected = inspect_shards(&self.new, &self.options.init)
             .await
             .map_err(refused)?;
+        // Only shards without a fence (those the plan adds): the DDL would
+        // lock a live shard's tables behind its running writers.
+        let mut unprepared = Vec::with_capacity(self.new.shards().len());
+        for shard in self.new.shards() {
+            let client = self.shard(&shard.name).await?;
+            unprepared.push(fence::read(&client).await.is_err());
+        }
         let (old, new) = (&self.old, &self.new);
         let owned = |i: usize| {
             new.shards()
@@ -494,11 +501,13 @@ impl Run<'_> {
                 .map(|s| owned_by(old, &s.name))
                 .unwrap_or_default()
         };
+        let install = |i: usize| unprepared.get(i).copied().unwrap_or(false);
         install_shards(
             new,
             &mut inspected,
             old.version(),
             &owned,
+            &install,
             &self.options.init,
         )
         .await
