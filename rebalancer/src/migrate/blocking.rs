@@ -255,8 +255,9 @@ async fn load_run<'a>(
 }
 
 /// Continues the active migration (migration `id` when given) from its
-/// last journaled step, redoing that step (every step is idempotent); an
-/// interrupted abort is finished. Returns the migration's id.
+/// last journaled step, redoing that step (every step is idempotent; after
+/// `verified`, from the copy before it); an interrupted abort is finished.
+/// Returns the migration's id.
 ///
 /// Errors: [`MigrateError::NothingActive`]; [`MigrateError::NotActive`] for
 /// an `id` that is done or aborted; [`MigrateError::Busy`] while another
@@ -294,6 +295,12 @@ pub async fn resume(
         Phase::Planned => run.run_from(0).await?,
         Phase::Aborted => run.finish_abort().await?,
         phase => {
+            // A verification that failed (or was cut short) is redone after
+            // copying again: the copy replaces the target's range whole.
+            let phase = match phase {
+                Phase::Verified => Phase::Copied,
+                other => other,
+            };
             let all = steps(run.moves_len());
             let at = all
                 .iter()
