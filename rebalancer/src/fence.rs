@@ -3,11 +3,12 @@
 //! Every shard has a schema [`SHARD_SCHEMA`] with one table, `fence`, holding
 //! one row: the epoch, the seed, the token ranges the shard `owned` at that
 //! epoch and the ranges `fenced` for an in-flight blocking move (both
-//! `int8multirange`). Every sharded table has a `BEFORE INSERT OR UPDATE OR
-//! DELETE … FOR EACH ROW` trigger ([`TRIGGER`]) whose function reads that row
-//! and raises SQLSTATE [`SQLSTATE_MOVED`] when the row's token is fenced or
-//! not owned, naming the token, key, table and epoch. For an UPDATE it checks
-//! the old key and, when it changed, the new one.
+//! `int8multirange`). Every sharded table has `BEFORE INSERT`, `UPDATE` and
+//! `DELETE … FOR EACH ROW` triggers ([`TRIGGER`]) that judge the row's key by
+//! that state (compiled into SQL functions, see [`schema_sql`]) and raises
+//! SQLSTATE [`SQLSTATE_MOVED`] when its token is fenced or not owned, naming
+//! the token, key, table and epoch. For an UPDATE it checks the old key and,
+//! when it changed, the new one.
 //!
 //! The trigger is an ordinary (`ENABLE`, origin) trigger: the mover's
 //! sessions run with `session_replication_role = replica` and bypass it,
@@ -40,9 +41,10 @@ use tokio_postgres::Client;
 
 /// Schema of postshard's objects on every shard.
 pub const SHARD_SCHEMA: &str = "postshard";
-/// Name of the fence trigger on every sharded table. It sorts after most
-/// names, so among `BEFORE` triggers it fires last and checks the key as
-/// it will be stored.
+/// Name of the fence trigger on every sharded table (for INSERT; `_u` and
+/// `_d` follow it for UPDATE and DELETE). It sorts after most names, so
+/// among `BEFORE` triggers it fires last and checks the key as it will be
+/// stored.
 pub const TRIGGER: &str = "zz_postshard_fence";
 /// SQLSTATE a shard raises for a write to a token it does not own.
 pub const SQLSTATE_MOVED: &str = "PS001";
@@ -133,8 +135,9 @@ pub struct FenceState {
     pub fenced: Vec<TokenRange>,
 }
 
-/// The name of the fence trigger function of `table`: readable, unique per
-/// table name (a hash of the full name), within PostgreSQL's 63 bytes.
+/// The name of the fence trigger functions of `table` (for INSERT; `_u` and
+/// `_d` follow it): readable, unique per table name (a hash of the full
+/// name), within PostgreSQL's 63 bytes with the suffix.
 pub fn trigger_function(table: &Table) -> String {
     // FNV-1a: stable across runs and versions, unlike std's hasher.
     let hash = table.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -144,28 +147,77 @@ pub fn trigger_function(table: &Table) -> String {
     format!("fence_{readable}_{:08x}", hash as u32)
 }
 
-/// The checks of one key (`OLD` or `NEW`) in the trigger function.
-fn key_check(row: &str, table: &Table) -> String {
+/// The check of one key (`OLD` or `NEW`) in a trigger function: one call
+/// of the generated `refusal(key)` (see [`schema_sql`]), which PL/pgSQL
+/// inlines into a simple expression over constants; the message is built
+/// only for a refusal. `extra` narrows the condition (for an UPDATE's new
+/// key: only when it changed).
+fn key_check(row: &str, table: &Table, extra: &str) -> String {
     let key = format!("{row}.{}", table.sql_key());
     let name = table.name.replace('\'', "''");
     format!(
-        "t := hashint8extended({key}, f.seed);
-        IF t <@ f.fenced THEN
+        "IF {extra}{SHARD_SCHEMA}.{REFUSAL}({key}) IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_MOVED}',
-                MESSAGE = format('postshard: token %s (key %s of {name}) is fenced for a move at epoch %s', t, {key}, f.epoch),
-                HINT = 'Reload the shard map from the control store and retry at the new owner.';
-        ELSIF NOT t <@ f.owned THEN
-            RAISE EXCEPTION USING ERRCODE = '{SQLSTATE_MOVED}',
-                MESSAGE = format('postshard: token %s (key %s of {name}) is not owned by this shard at epoch %s', t, {key}, f.epoch),
+                MESSAGE = format('postshard: token %s (key %s of {name}) %s', \
+                    {SHARD_SCHEMA}.{TOKEN}({key}), {key}, {SHARD_SCHEMA}.{REFUSAL}({key})),
                 HINT = 'Reload the shard map from the control store and retry at the new owner.';
         END IF;"
     )
 }
 
-/// DDL creating (or replacing) the fence schema, table and the trigger
-/// function of every table; idempotent. Triggers come apart, in
-/// [`triggers_sql`], so that tables copied to a new shard can be created
-/// in between.
+/// The three fence triggers of a table: name suffix, event, and the body
+/// of its function (one per event, so each write evaluates as few PL/pgSQL
+/// expressions as possible: PL/pgSQL sets each up again per transaction).
+fn fence_triggers(table: &Table) -> [(&'static str, &'static str, String); 3] {
+    let key = table.sql_key();
+    [
+        (
+            "",
+            "INSERT",
+            format!("{}\nRETURN NEW;", key_check("NEW", table, "")),
+        ),
+        (
+            "_u",
+            "UPDATE",
+            format!(
+                "{}\n{}\nRETURN NEW;",
+                key_check("OLD", table, ""),
+                key_check(
+                    "NEW",
+                    table,
+                    &format!("NEW.{key} IS DISTINCT FROM OLD.{key} AND ")
+                )
+            ),
+        ),
+        (
+            "_d",
+            "DELETE",
+            format!("{}\nRETURN OLD;", key_check("OLD", table, "")),
+        ),
+    ]
+}
+
+/// The generated function judging a key: NULL when the shard accepts it,
+/// else the reason (`is fenced for a move at epoch E`, `is not owned by
+/// this shard at epoch E`).
+const REFUSAL: &str = "refusal";
+/// The generated function giving a key's token under the fence's seed.
+const TOKEN: &str = "token";
+
+/// DDL creating (or replacing) the fence schema, table and functions, and
+/// the trigger function of every table; idempotent. Triggers come apart,
+/// in [`triggers_sql`], so that tables copied to a new shard can be
+/// created in between.
+///
+/// The fence row is the truth; every change to it (an `ALWAYS` trigger, so
+/// even a replica-role session) regenerates `refusal(key)` and `token(key)`
+/// as SQL functions with the seed and ranges as constants. The table
+/// triggers call them as simple expressions that PL/pgSQL inlines and
+/// plans once per session: a write costs a hash and two binary searches,
+/// with no query, snapshot or lock on the fence table. Replacing a
+/// function invalidates every session's cached plans; a transaction that
+/// started after the change commits reads the new definition, and older
+/// ones are waited for (see [`wait_for_older_transactions`]).
 pub fn schema_sql(map: &ShardMap) -> String {
     let s = SHARD_SCHEMA;
     let mut sql = format!(
@@ -177,66 +229,77 @@ pub fn schema_sql(map: &ShardMap) -> String {
             owned int8multirange NOT NULL,
             fenced int8multirange NOT NULL DEFAULT '{{}}',
             updated_at timestamptz NOT NULL DEFAULT now()
-        );\n"
+        );
+        CREATE OR REPLACE FUNCTION {s}.refresh_fence() RETURNS trigger
+        LANGUAGE plpgsql AS $postshard$
+        BEGIN
+            EXECUTE format(
+                'CREATE OR REPLACE FUNCTION {s}.{TOKEN}(k bigint) RETURNS bigint '
+                'LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
+                format('SELECT hashint8extended(k, %s)', NEW.seed));
+            EXECUTE format(
+                'CREATE OR REPLACE FUNCTION {s}.{REFUSAL}(k bigint) RETURNS text '
+                'LANGUAGE sql STABLE PARALLEL SAFE AS %L',
+                format('SELECT CASE WHEN hashint8extended(k, %s) <@ %L::int8multirange THEN %L '
+                       'WHEN NOT hashint8extended(k, %s) <@ %L::int8multirange THEN %L END',
+                       NEW.seed, NEW.fenced, format('is fenced for a move at epoch %s', NEW.epoch),
+                       NEW.seed, NEW.owned, format('is not owned by this shard at epoch %s', NEW.epoch)));
+            RETURN NULL;
+        END
+        $postshard$;
+        CREATE OR REPLACE TRIGGER refresh_fence AFTER INSERT OR UPDATE ON {s}.fence
+            FOR EACH ROW EXECUTE FUNCTION {s}.refresh_fence();
+        ALTER TABLE {s}.fence ENABLE ALWAYS TRIGGER refresh_fence;
+        -- Until the fence row exists, every key is accepted.
+        DO $postshard$ BEGIN
+            IF to_regprocedure('{s}.{REFUSAL}(bigint)') IS NULL THEN
+                CREATE FUNCTION {s}.{REFUSAL}(k bigint) RETURNS text
+                    LANGUAGE sql STABLE PARALLEL SAFE AS 'SELECT NULL::text';
+                CREATE FUNCTION {s}.{TOKEN}(k bigint) RETURNS bigint
+                    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS 'SELECT hashint8extended(k, 0)';
+            END IF;
+        END $postshard$;\n"
     );
     for table in map.tables() {
-        let old = key_check("OLD", table);
-        let new = key_check("NEW", table);
-        let key = table.sql_key();
-        // Writing to a String cannot fail.
-        let _ = write!(
-            sql,
-            "CREATE OR REPLACE FUNCTION {s}.{func}() RETURNS trigger
-            LANGUAGE plpgsql AS $postshard$
-            DECLARE
-                f record;
-                t bigint;
-            BEGIN
-                SELECT seed, epoch, owned, fenced INTO f FROM {s}.fence;
-                IF FOUND THEN
-                    IF TG_OP <> 'INSERT' THEN
-                        {old}
-                    END IF;
-                    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.{key} IS DISTINCT FROM OLD.{key}) THEN
-                        {new}
-                    END IF;
-                END IF;
-                IF TG_OP = 'DELETE' THEN
-                    RETURN OLD;
-                END IF;
-                RETURN NEW;
-            END
-            $postshard$;\n",
-            func = trigger_function(table),
-        );
+        for (suffix, _, body) in fence_triggers(table) {
+            // Writing to a String cannot fail.
+            let _ = write!(
+                sql,
+                "CREATE OR REPLACE FUNCTION {s}.{func}{suffix}() RETURNS trigger
+                LANGUAGE plpgsql AS $postshard$
+                BEGIN
+                    {body}
+                END
+                $postshard$;\n",
+                func = trigger_function(table),
+            );
+        }
     }
     sql
 }
 
-/// DDL installing (or replacing) the fence trigger on every sharded table.
+/// DDL installing (or replacing) the fence triggers on every sharded
+/// table: [`TRIGGER`] for INSERT, with `_u` for UPDATE and `_d` for DELETE.
 pub fn triggers_sql(map: &ShardMap) -> String {
     let mut sql = String::new();
     for table in map.tables() {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            sql,
-            "CREATE OR REPLACE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {} \
-             FOR EACH ROW EXECUTE FUNCTION {SHARD_SCHEMA}.{}();",
-            table.sql_name(),
-            trigger_function(table)
-        );
+        for (suffix, event, _) in fence_triggers(table) {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                sql,
+                "CREATE OR REPLACE TRIGGER {TRIGGER}{suffix} BEFORE {event} ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION {SHARD_SCHEMA}.{}{suffix}();",
+                table.sql_name(),
+                trigger_function(table)
+            );
+        }
     }
     sql
 }
 
-/// SQL seeding the fence row with `owned` at `epoch` when there is none.
-pub fn seed_sql(map: &ShardMap, owned: &[TokenRange]) -> String {
-    seed_sql_at(map.version(), map.seed(), owned)
-}
-
-/// [`seed_sql`] at `epoch` with `seed`: a shard a plan adds is seeded
-/// owning nothing at the live epoch, before the flip gives it ranges.
-pub fn seed_sql_at(epoch: u64, seed: i64, owned: &[TokenRange]) -> String {
+/// SQL seeding the fence row with `owned` at `epoch` (tokens under `seed`)
+/// when there is none.
+pub fn seed_sql(epoch: u64, seed: i64, owned: &[TokenRange]) -> String {
     format!(
         "INSERT INTO {SHARD_SCHEMA}.fence (epoch, seed, owned) VALUES ({epoch}, {seed}, '{}') \
          ON CONFLICT (singleton) DO NOTHING;",
@@ -493,7 +556,7 @@ mod tests {
         .map(trigger_function)
         .collect();
         for (i, n) in names.iter().enumerate() {
-            assert!(n.len() <= 63, "{n}");
+            assert!(n.len() + 2 <= 63, "{n}");
             assert!(!names[..i].contains(n), "{n} repeats");
         }
     }

@@ -99,7 +99,7 @@ pub struct InitReport {
     /// Whether the live map was created or already there.
     pub seeded: Seeded,
     /// Per shard (map order): the tables copied to it, and from which shard.
-    pub copied: Vec<(String, Vec<String>, Option<String>)>,
+    pub copied: Vec<ShardCopy>,
     /// Things that work but will bite later (e.g. per-shard sequences
     /// filling a unique column that does not include the key).
     pub warnings: Vec<String>,
@@ -135,9 +135,9 @@ pub async fn init(
             what: "control store".into(),
             source,
         })?;
-    // 1. Inspect, changing nothing.
-    let mut inspected = inspect_shards(map, options).await?;
-    // The control store's check (another live epoch) also precedes changes.
+    // 1. Inspect, changing nothing; the control store's check (another
+    // live epoch) also precedes every change.
+    let inspected = Inspected::new(map, options).await?;
     if let Some(live) = live_epoch_if_installed(&control).await? {
         if live != map.version() {
             return Err(ControlError::OtherEpoch {
@@ -147,184 +147,194 @@ pub async fn init(
             .into());
         }
     }
-
     // 2. Control store.
     control::install(&control).await?;
     let seeded = control::seed(&mut control, map, env).await?;
-
     // 3. Shards.
-    let copied = install_shards(
-        map,
-        &mut inspected,
-        map.version(),
-        &|i| fence::owned_ranges(map, i),
-        &|_| true,
-        options,
-    )
-    .await?;
+    let owned = |shard: usize| fence::owned_ranges(map, shard);
+    let (copied, warnings) = inspected
+        .prepare(map, map.version(), &owned, &|_| true, options)
+        .await?;
     Ok(InitReport {
         seeded,
         copied,
-        warnings: inspected.warnings,
-    })
-}
-
-/// Every shard of a map, connected and inspected (see [`inspect_shards`]).
-pub struct Inspected {
-    shards: Vec<Client>,
-    infos: Vec<Vec<Option<TableInfo>>>,
-    donor: Option<usize>,
-    /// Things that work but will bite later.
-    pub warnings: Vec<String>,
-}
-
-/// Connects to every shard of `map` and inspects its catalogs, changing
-/// nothing: step 1 of init, also run by `apply` before it prepares a shard
-/// a plan adds.
-///
-/// Errors: [`InitError::Refused`] listing every problem (a table missing
-/// everywhere, a non-integer key, no primary key, columns that differ);
-/// [`InitError::Connect`] / [`InitError::Shard`].
-pub async fn inspect_shards(map: &ShardMap, options: &InitOptions) -> Result<Inspected, InitError> {
-    let mut shards = Vec::with_capacity(map.shards().len());
-    for shard in map.shards() {
-        let client = connect(&shard.url, options.connect_timeout)
-            .await
-            .map_err(|source| InitError::Connect {
-                what: format!("shard {}", shard.name),
-                source,
-            })?;
-        shards.push(client);
-    }
-
-    let mut infos: Vec<Vec<Option<TableInfo>>> = Vec::with_capacity(shards.len());
-    for (shard, client) in map.shards().iter().zip(&shards) {
-        let mut per_table = Vec::with_capacity(map.tables().len());
-        for table in map.tables() {
-            per_table.push(inspect(client, table).await.map_err(|e| InitError::Shard {
-                shard: shard.name.clone(),
-                what: "reading the catalogs",
-                detail: describe_db_error(&e),
-            })?);
-        }
-        infos.push(per_table);
-    }
-    let (problems, warnings) = judge(map, &infos);
-    if !problems.is_empty() {
-        return Err(InitError::Refused { problems });
-    }
-    let donor = infos
-        .iter()
-        .position(|tables| tables.iter().all(Option::is_some));
-    let needs_copy = infos.iter().any(|t| t.iter().any(Option::is_none));
-    let donor = match (donor, needs_copy) {
-        (Some(d), _) => Some(d),
-        (None, false) => None,
-        (None, true) => {
-            return Err(InitError::Refused {
-                problems: vec![
-                    "no shard has every sharded table, so none can be copied from".into(),
-                ],
-            })
-        }
-    };
-    Ok(Inspected {
-        shards,
-        infos,
-        donor,
         warnings,
     })
 }
 
-/// Step 3 of init on every shard of `map`: the fence schema and functions,
-/// the sharded tables a shard lacks (copied from a donor), the fence
-/// triggers and, unless one exists, the fence row owning `owned(i)` at
-/// `epoch` for shard `i`, on the shards `i` for which `install(i)` holds
-/// (the DDL locks the tables briefly: `apply` prepares only the shards a
-/// plan adds). Idempotent. Returns per shard installed the tables copied to
-/// it and from which shard.
-pub async fn install_shards(
+/// Readies every shard of `map` for moves without touching the control
+/// store: what `apply` does for a shard its plan adds. Checks as init does
+/// (refusing, nothing changed, on the same problems), then on each shard
+/// creates the sharded tables it lacks, the fence schema and triggers, and,
+/// unless the shard has one, the fence row at `epoch` with `owned(index)`
+/// as its owned ranges (for a shard being added: none).
+///
+/// Returns, per shard, the tables created and the shard they came from, and
+/// the warnings.
+pub async fn prepare_shards(
     map: &ShardMap,
-    inspected: &mut Inspected,
     epoch: u64,
-    owned: &dyn Fn(usize) -> Vec<fence::TokenRange>,
-    install: &dyn Fn(usize) -> bool,
+    owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
     options: &InitOptions,
-) -> Result<Vec<(String, Vec<String>, Option<String>)>, InitError> {
-    let Inspected {
-        shards,
-        infos,
-        donor,
-        ..
-    } = inspected;
-    let (shards, infos, donor) = (shards, &*infos, *donor);
-    // The DDL copying missing tables is built first, while the
-    // donor's connection can still be borrowed.
-    let mut copies = Vec::with_capacity(shards.len());
-    for tables in infos {
-        let missing: Vec<&Table> = map
-            .tables()
-            .iter()
-            .zip(tables)
-            .filter(|(_, info)| info.is_none())
-            .map(|(t, _)| t)
-            .collect();
-        let copy = match (missing.is_empty(), donor) {
-            (false, Some(d)) => {
-                let (Some(donor_shard), Some(donor_client), Some(donor_infos)) =
-                    (map.shards().get(d), shards.get(d), infos.get(d))
-                else {
-                    return Err(InitError::Refused {
-                        problems: vec![format!("no shard #{d} to copy tables from")],
-                    });
-                };
-                let ddl = copy_ddl(donor_shard, donor_client, donor_infos, options).await?;
-                Some((donor_shard.name.clone(), ddl))
-            }
-            _ => None,
-        };
-        copies.push((missing.iter().map(|t| t.name.clone()).collect(), copy));
-    }
-    let mut copied = Vec::with_capacity(shards.len());
-    for (index, ((shard, client), (missing, copy))) in map
-        .shards()
-        .iter()
-        .zip(shards.iter_mut())
-        .zip(copies)
-        .enumerate()
-        .filter(|(index, _)| install(*index))
-    {
-        let shard_error = |what: &'static str| {
-            move |e: tokio_postgres::Error| InitError::Shard {
-                shard: shard.name.clone(),
-                what,
-                detail: describe_db_error(&e),
-            }
-        };
-        let mut sql = fence::schema_sql(map);
-        if let Some((_, ddl)) = &copy {
-            sql.push_str(ddl);
-            // pg_dump's script empties search_path for the session.
-            sql.push_str("\nRESET search_path;\n");
+) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
+    prepare_shards_where(map, epoch, owned, &|_| true, options).await
+}
+
+/// [`prepare_shards`], changing only the shards `index` for which
+/// `install(index)` holds (all are still checked): `apply` readies only the
+/// shards without a fence, since the DDL would queue a live shard's writers
+/// behind its longest transaction; with `|_| false` it only checks.
+pub async fn prepare_shards_where(
+    map: &ShardMap,
+    epoch: u64,
+    owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+    install: &(dyn Fn(usize) -> bool + Sync),
+    options: &InitOptions,
+) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
+    Inspected::new(map, options)
+        .await?
+        .prepare(map, epoch, owned, install, options)
+        .await
+}
+
+/// Per shard: its name, the tables created on it, and the shard they were
+/// copied from (none when nothing was missing).
+pub type ShardCopy = (String, Vec<String>, Option<String>);
+
+/// Every shard's connection and catalogs, judged fit for sharding.
+struct Inspected {
+    shards: Vec<Client>,
+    infos: Vec<Vec<Option<TableInfo>>>,
+    donor: Option<usize>,
+    warnings: Vec<String>,
+}
+
+impl Inspected {
+    /// Connects to every shard and reads its catalogs; refuses
+    /// ([`InitError::Refused`]) on any problem. Changes nothing.
+    async fn new(map: &ShardMap, options: &InitOptions) -> Result<Inspected, InitError> {
+        let mut shards = Vec::with_capacity(map.shards().len());
+        for shard in map.shards() {
+            let client = connect(&shard.url, options.connect_timeout)
+                .await
+                .map_err(|source| InitError::Connect {
+                    what: format!("shard {}", shard.name),
+                    source,
+                })?;
+            shards.push(client);
         }
-        sql.push_str(&fence::triggers_sql(map));
-        sql.push_str(&fence::seed_sql_at(epoch, map.seed(), &owned(index)));
-        let tx = client
-            .transaction()
-            .await
-            .map_err(shard_error("starting the transaction"))?;
-        tx.batch_execute(&sql)
-            .await
-            .map_err(shard_error(if copy.is_some() {
-                "creating copied tables and the fence"
-            } else {
-                "installing the fence"
-            }))?;
-        tx.commit().await.map_err(shard_error("committing"))?;
-        let missing: Vec<String> = if copy.is_some() { missing } else { Vec::new() };
-        copied.push((shard.name.clone(), missing, copy.map(|(from, _)| from)));
+        let mut infos: Vec<Vec<Option<TableInfo>>> = Vec::with_capacity(shards.len());
+        for (shard, client) in map.shards().iter().zip(&shards) {
+            let mut per_table = Vec::with_capacity(map.tables().len());
+            for table in map.tables() {
+                per_table.push(inspect(client, table).await.map_err(|e| InitError::Shard {
+                    shard: shard.name.clone(),
+                    what: "reading the catalogs",
+                    detail: describe_db_error(&e),
+                })?);
+            }
+            infos.push(per_table);
+        }
+        let (problems, warnings) = judge(map, &infos);
+        if !problems.is_empty() {
+            return Err(InitError::Refused { problems });
+        }
+        let donor = infos
+            .iter()
+            .position(|tables| tables.iter().all(Option::is_some));
+        let needs_copy = infos.iter().any(|t| t.iter().any(Option::is_none));
+        if donor.is_none() && needs_copy {
+            return Err(InitError::Refused {
+                problems: vec![
+                    "no shard has every sharded table, so none can be copied from".into(),
+                ],
+            });
+        }
+        Ok(Inspected {
+            shards,
+            infos,
+            donor,
+            warnings,
+        })
     }
-    Ok(copied)
+
+    /// Step 3 of init on every shard (see [`prepare_shards`]).
+    async fn prepare(
+        mut self,
+        map: &ShardMap,
+        epoch: u64,
+        owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+        install: &(dyn Fn(usize) -> bool + Sync),
+        options: &InitOptions,
+    ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
+        // The DDL copying missing tables is built first, while the donor's
+        // connection can still be borrowed.
+        let mut copies = Vec::with_capacity(self.shards.len());
+        for tables in &self.infos {
+            let missing: Vec<String> = map
+                .tables()
+                .iter()
+                .zip(tables)
+                .filter(|(_, info)| info.is_none())
+                .map(|(t, _)| t.name.clone())
+                .collect();
+            let copy = match (missing.is_empty(), self.donor) {
+                (false, Some(d)) => {
+                    let (Some(donor_shard), Some(donor_client), Some(donor_infos)) =
+                        (map.shards().get(d), self.shards.get(d), self.infos.get(d))
+                    else {
+                        return Err(InitError::Refused {
+                            problems: vec![format!("no shard #{d} to copy tables from")],
+                        });
+                    };
+                    let ddl = copy_ddl(donor_shard, donor_client, donor_infos, options).await?;
+                    Some((donor_shard.name.clone(), ddl))
+                }
+                _ => None,
+            };
+            copies.push((missing, copy));
+        }
+        let mut copied = Vec::with_capacity(self.shards.len());
+        for (index, ((shard, client), (missing, copy))) in map
+            .shards()
+            .iter()
+            .zip(self.shards.iter_mut())
+            .zip(copies)
+            .enumerate()
+            .filter(|(index, _)| install(*index))
+        {
+            let shard_error = |what: &'static str| {
+                move |e: tokio_postgres::Error| InitError::Shard {
+                    shard: shard.name.clone(),
+                    what,
+                    detail: describe_db_error(&e),
+                }
+            };
+            let mut sql = fence::schema_sql(map);
+            if let Some((_, ddl)) = &copy {
+                sql.push_str(ddl);
+                // pg_dump's script empties search_path for the session.
+                sql.push_str("\nRESET search_path;\n");
+            }
+            sql.push_str(&fence::triggers_sql(map));
+            sql.push_str(&fence::seed_sql(epoch, map.seed(), &owned(index)));
+            let tx = client
+                .transaction()
+                .await
+                .map_err(shard_error("starting the transaction"))?;
+            tx.batch_execute(&sql)
+                .await
+                .map_err(shard_error(if copy.is_some() {
+                    "creating copied tables and the fence"
+                } else {
+                    "installing the fence"
+                }))?;
+            tx.commit().await.map_err(shard_error("committing"))?;
+            let missing = if copy.is_some() { missing } else { Vec::new() };
+            copied.push((shard.name.clone(), missing, copy.map(|(from, _)| from)));
+        }
+        Ok((copied, self.warnings))
+    }
 }
 
 /// The live epoch when the control schema exists and holds one.
@@ -631,7 +641,8 @@ async fn pg_dump(
         )));
     }
     let text = String::from_utf8(output.stdout).map_err(|e| dump_error(e.to_string()))?;
-    let trigger = format!("CREATE TRIGGER {} ", fence::TRIGGER);
+    // Ours are installed afresh after the copy.
+    let trigger = format!("CREATE TRIGGER {}", fence::TRIGGER);
     Ok(text
         .lines()
         .filter(|l| !l.starts_with('\\') && !l.starts_with(&trigger))

@@ -241,3 +241,44 @@ fn seed_flip_notify_journal_and_leases() {
         );
     });
 }
+
+#[test]
+fn the_map_names_its_control_store_like_a_shard_url() {
+    let base = "version: 1\nhash: { function: pg_hashint8extended, seed: 0 }\n\
+                tables: [{ name: posts, key: id }]\n\
+                shards: [{ name: a, url: postgres://u@h/a }]\n\
+                ring: [{ from: -9223372036854775808, shard: a }]\n";
+    let env = |name: &str| (name == "PW").then(|| "s3cret@x".to_string());
+    let map = ShardMap::parse(
+        &format!("{base}control: postgres://u:${{PW}}@ctl/control\n"),
+        "m.yaml",
+        &env,
+    )
+    .expect("valid");
+    let control = map.control().expect("control");
+    assert_eq!(control.template(), "postgres://u:${PW}@ctl/control");
+    assert!(!control.to_string().contains("s3cret"));
+    // Written back as written, and read back the same.
+    let again = ShardMap::parse(&map.to_yaml(), "again", &env).expect("round trip");
+    assert_eq!(again, map);
+    assert!(!map.to_yaml().contains("s3cret"));
+    // Without `control:` there is none.
+    assert!(ShardMap::parse(base, "m.yaml", &env)
+        .unwrap()
+        .control()
+        .is_none());
+    for (control, want) in [
+        ("postgres://u:hunter2@ctl/control", "literal password"),
+        (
+            "postgres://u:${MISSING}@ctl/control",
+            "`MISSING` is not set",
+        ),
+        ("postgres:///control", "names no host"),
+    ] {
+        let e = ShardMap::parse(&format!("{base}control: {control}\n"), "m.yaml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control") && e.contains(want), "{control}: {e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

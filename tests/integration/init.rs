@@ -1,7 +1,7 @@
 //! `postshard init`: idempotent seeding, fence installation, tables copied to
 //! an empty shard, and refusals that change nothing.
 
-use postshard_rebalancer::init::{init, InitError, InitOptions};
+use postshard_rebalancer::init::{init, prepare_shards, InitError, InitOptions};
 use postshard_router::map::env_var;
 
 use crate::cli_map::{map_file, postshard};
@@ -231,4 +231,66 @@ fn init_refuses_unshardable_schemas_and_changes_nothing() {
     }
     rt.block_on(init(&map, &env_var, &InitOptions::default()))
         .expect("integer keys");
+}
+
+#[test]
+fn prepare_shards_readies_a_shard_a_plan_adds_owning_nothing_yet() {
+    let (cluster, control) = start_with_control(3);
+    let servers = cluster.servers();
+    for s in &servers[..2] {
+        s.psql(REAL_FORUM).unwrap();
+    }
+    let before =
+        crate::control::control_map_over(&servers[..2], &control, 1, 0, &[(i64::MIN, 0), (0, 1)]);
+    let after = control_map(
+        &cluster,
+        &control,
+        2,
+        0,
+        &[(i64::MIN, 0), (0, 1), (1 << 62, 2)],
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        init(&before, &env_var, &InitOptions::default())
+            .await
+            .unwrap();
+        let owned = |i: usize| match i {
+            2 => Vec::new(),
+            i => postshard_rebalancer::fence::owned_ranges(&before, i),
+        };
+        let (copied, _) = prepare_shards(&after, 1, &owned, &InitOptions::default())
+            .await
+            .expect("prepare");
+        assert_eq!(
+            copied[2],
+            (
+                "s2".to_string(),
+                vec!["posts".to_string(), "comments".to_string()],
+                Some("s0".to_string())
+            )
+        );
+        assert!(copied[0].1.is_empty() && copied[1].1.is_empty());
+        let s2 = connect(&servers[2].url()).await;
+        let state = postshard_rebalancer::fence::read(&s2).await.unwrap();
+        assert_eq!((state.epoch, state.owned.len()), (1, 0));
+        // It owns nothing yet: an application write is refused; the mover's passes.
+        let e = s2
+            .execute("INSERT INTO posts (id, title) VALUES (1, 'x')", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("PS001"));
+        s2.batch_execute(
+            "SET session_replication_role = replica; \
+             INSERT INTO posts (id, title) VALUES (1, 'x'); RESET session_replication_role;",
+        )
+        .await
+        .expect("the mover writes");
+        // Shards 0 and 1 kept their fence rows.
+        let s1 = connect(&servers[1].url()).await;
+        let state = postshard_rebalancer::fence::read(&s1).await.unwrap();
+        assert_eq!(
+            state.owned,
+            postshard_rebalancer::fence::owned_ranges(&before, 1)
+        );
+    });
 }

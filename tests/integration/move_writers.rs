@@ -404,7 +404,10 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
                  ) s(x)",
             )
             .unwrap();
-        assert_eq!(described, "comments_count;idd;title_lens;zz_postshard_fence");
+        assert_eq!(
+            described,
+            "comments_count;idd;title_lens;zz_postshard_fence;zz_postshard_fence_d;zz_postshard_fence_u"
+        );
 
         // The old owner refuses a moved key, even from a direct connection.
         let moved = (1..)

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::control::{self, ControlError, Migration, MigrationState, Phase};
 use crate::fence::{self, FenceError};
-use crate::init::{inspect_shards, install_shards, InitError};
+use crate::init::{prepare_shards_where, InitError};
 use crate::plan::Plan;
 use crate::range::{self, checksum_range, copy_range, delete_range, CopySpec, Endpoint};
 
@@ -182,7 +182,16 @@ pub async fn apply(
                 })?;
         }
     }
-    inspect_shards(&new, &options.init).await.map_err(refused)?;
+    // Init's checks on every shard of the new map, changing nothing.
+    prepare_shards_where(
+        &new,
+        old.version(),
+        &|_| Vec::new(),
+        &|_| false,
+        &options.init,
+    )
+    .await
+    .map_err(refused)?;
     let migration = Migration::begin(&control, old.version(), BLOCKING, &plan.to_yaml())
         .await
         .map_err(|e| match e {
@@ -491,9 +500,6 @@ impl Run<'_> {
     /// The shards of the new map get fence, triggers and missing tables; a
     /// shard the plan adds owns nothing until the flip.
     async fn prepare(&mut self) -> Result<(), MigrateError> {
-        let mut inspected = inspect_shards(&self.new, &self.options.init)
-            .await
-            .map_err(refused)?;
         // Only shards without a fence (those the plan adds): the DDL would
         // lock a live shard's tables behind its running writers.
         let mut unprepared = Vec::with_capacity(self.new.shards().len());
@@ -509,16 +515,9 @@ impl Run<'_> {
                 .unwrap_or_default()
         };
         let install = |i: usize| unprepared.get(i).copied().unwrap_or(false);
-        install_shards(
-            new,
-            &mut inspected,
-            old.version(),
-            &owned,
-            &install,
-            &self.options.init,
-        )
-        .await
-        .map_err(MigrateError::Init)?;
+        prepare_shards_where(new, old.version(), &owned, &install, &self.options.init)
+            .await
+            .map_err(refused)?;
         Ok(())
     }
 
