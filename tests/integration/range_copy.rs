@@ -4,7 +4,8 @@
 //! one side only.
 
 use postshard_rebalancer::range::{
-    checksum_range, copy_range, delete_range, CopyError, CopySpec, Endpoint, TokenRange, RING_END,
+    checksum_range, copy_range, delete_range, CopyError, CopyProgress, CopySpec, Endpoint,
+    TokenRange, RING_END,
 };
 use postshard_router::hashint8extended;
 use postshard_router::map::Table;
@@ -197,11 +198,19 @@ fn copy_checksum_and_delete_a_range_of_a_real_forum() {
     );
 
     let tables = tables();
+    let reports = std::sync::Mutex::new(Vec::new());
+    let on_progress = |p: CopyProgress<'_>| {
+        reports
+            .lock()
+            .unwrap()
+            .push((p.table.to_string(), p.rows, p.bytes));
+    };
     let spec = CopySpec {
         tables: &tables,
         seed: SEED,
         range,
         snapshot: None,
+        progress: Some(&on_progress),
     };
     runtime().block_on(async {
         let mut from = connect(&source.url()).await;
@@ -223,6 +232,15 @@ fn copy_checksum_and_delete_a_range_of_a_real_forum() {
         assert_eq!(copied[0].replaced, 1, "the stale row is replaced");
         assert!(copied[0].bytes > 100_000, "{copied:?}");
         assert_eq!(copied[1].replaced, 1, "the stale row's comment is replaced");
+        // Progress ends with each table's totals.
+        let seen = reports.lock().unwrap().clone();
+        for t in &copied {
+            assert_eq!(
+                seen.iter().rev().find(|r| r.0 == t.table),
+                Some(&(t.table.clone(), t.rows, t.bytes)),
+                "{seen:?}"
+            );
+        }
 
         // Row by row, every column: the target's range equals the source's.
         assert_eq!(dump(target, &inside), dump(source, &inside));
@@ -390,6 +408,7 @@ fn copy_of_the_top_arc_has_no_upper_bound_and_differing_columns_are_refused() {
             seed: SEED,
             range: top,
             snapshot: None,
+            progress: None,
         };
         copy_range(
             Endpoint {
@@ -452,5 +471,243 @@ fn copy_of_the_top_arc_has_no_upper_bound_and_differing_columns_are_refused() {
             before,
             "the target is unchanged"
         );
+    });
+}
+
+/// Partitioned tables with an `integer` key: the copy routes rows into the
+/// target's partitions, and a batched delete removes only the range even
+/// though the same `ctid` exists in every partition.
+#[test]
+fn partitioned_tables_with_integer_keys_copy_and_delete_only_the_range() {
+    let cluster = Cluster::start(2).expect("start PostgreSQL");
+    let (source, target) = (&cluster.servers()[0], &cluster.servers()[1]);
+    let schema = "
+        CREATE TABLE events (board int NOT NULL, topic integer NOT NULL, note text NOT NULL,
+            PRIMARY KEY (board, topic)) PARTITION BY LIST (board);
+        CREATE TABLE events_a PARTITION OF events FOR VALUES IN (1);
+        CREATE TABLE events_b PARTITION OF events FOR VALUES IN (2);";
+    source.psql(schema).unwrap();
+    target.psql(schema).unwrap();
+    // Both partitions get the same topics in opposite orders, so a ctid in
+    // one partition names a row of another topic in the other.
+    source
+        .psql(
+            "INSERT INTO events SELECT 1, g, 'note 1/' || g FROM generate_series(1, 400) g; \
+             INSERT INTO events SELECT 2, g, 'note 2/' || g FROM generate_series(400, 1, -1) g",
+        )
+        .unwrap();
+    let events = [Table {
+        name: "events".into(),
+        key: "topic".into(),
+    }];
+    let range = TokenRange::new(i128::from(i64::MIN), 0).expect("range");
+    let inside = in_range("topic", range);
+    let all = "SELECT board, topic, note FROM events ORDER BY board, topic";
+    let before = source.psql(all).unwrap();
+    runtime().block_on(async {
+        let mut from = connect(&source.url()).await;
+        let mut to = connect(&target.url()).await;
+        let copied = copy_range(
+            Endpoint { shard: "s0", client: &mut from },
+            Endpoint { shard: "s1", client: &mut to },
+            &CopySpec {
+                tables: &events,
+                seed: SEED,
+                range,
+                snapshot: None,
+                progress: None,
+            },
+        )
+        .await
+        .expect("copy");
+        let in_source: u64 = source
+            .psql(&format!("SELECT count(*) FROM events WHERE {inside}"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(in_source > 300 && in_source < 500, "{in_source}");
+        assert_eq!(copied[0].rows, in_source);
+        let in_range_rows =
+            format!("SELECT tableoid::regclass, board, topic, note FROM events WHERE {inside} ORDER BY 2, 3");
+        assert_eq!(target.psql(&in_range_rows).unwrap(), source.psql(&in_range_rows).unwrap());
+        let sums = |client| {
+            checksum_range(Endpoint { shard: "s", client }, &events, SEED, range, None)
+        };
+        let a = sums(&mut from).await.expect("checksum");
+        let b = sums(&mut to).await.expect("checksum");
+        assert_eq!(a, b);
+
+        let deleted = delete_range(
+            Endpoint { shard: "s0", client: &mut from },
+            &events,
+            SEED,
+            range,
+            50,
+        )
+        .await
+        .expect("delete");
+        assert_eq!(deleted[0].rows, in_source);
+        assert!(deleted[0].batches >= 4, "{deleted:?}");
+        let kept: Vec<&str> = before
+            .lines()
+            .filter(|l| {
+                let topic: i64 = l.split('|').nth(1).unwrap().parse().unwrap();
+                !range.contains(hashint8extended(topic, SEED))
+            })
+            .collect();
+        assert_eq!(source.psql(all).unwrap(), kept.join("\n"));
+    });
+}
+
+/// With an exported snapshot (how the online mode lines the backfill up
+/// with change capture), copy and checksum see the source as of that
+/// snapshot, not rows committed after it.
+#[test]
+fn copy_and_checksum_read_an_exported_snapshot() {
+    let cluster = Cluster::start(2).expect("start PostgreSQL");
+    let (source, target) = (&cluster.servers()[0], &cluster.servers()[1]);
+    let range = TokenRange::ring();
+    setup(&cluster, range);
+    target.psql("TRUNCATE posts, comments").unwrap();
+    let tables = tables();
+    runtime().block_on(async {
+        let mut holder = connect(&source.url()).await;
+        let mut from = connect(&source.url()).await;
+        let mut to = connect(&target.url()).await;
+        let exporting = holder
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .unwrap();
+        let snapshot: String = exporting
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let at_snapshot = source
+            .psql("SELECT (SELECT count(*) FROM posts) + (SELECT count(*) FROM comments)")
+            .unwrap();
+        source
+            .psql("INSERT INTO posts (id, board, title, body) VALUES (999999, 1, 'later', 'later')")
+            .unwrap();
+        let spec = CopySpec {
+            tables: &tables,
+            seed: SEED,
+            range,
+            snapshot: Some(&snapshot),
+            progress: None,
+        };
+        let copied = copy_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            Endpoint {
+                shard: "s1",
+                client: &mut to,
+            },
+            &spec,
+        )
+        .await
+        .expect("copy");
+        let rows: u64 = copied.iter().map(|t| t.rows).sum();
+        assert_eq!(rows.to_string(), at_snapshot);
+        assert_eq!(
+            target
+                .psql("SELECT count(*) FROM posts WHERE id = 999999")
+                .unwrap(),
+            "0"
+        );
+        let then = checksum_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            &tables,
+            SEED,
+            range,
+            Some(&snapshot),
+        )
+        .await
+        .expect("checksum at snapshot");
+        let now = checksum_range(
+            Endpoint {
+                shard: "s0",
+                client: &mut from,
+            },
+            &tables,
+            SEED,
+            range,
+            None,
+        )
+        .await
+        .expect("checksum now");
+        let copy = checksum_range(
+            Endpoint {
+                shard: "s1",
+                client: &mut to,
+            },
+            &tables,
+            SEED,
+            range,
+            None,
+        )
+        .await
+        .expect("target checksum");
+        assert_eq!(then, copy);
+        assert_eq!(now[0].rows, then[0].rows + 1);
+        exporting.commit().await.unwrap();
+    });
+}
+
+/// A key that is not an integer, or a table missing on the target, stops
+/// the copy with an error naming shard, table and column, before any row.
+#[test]
+fn bad_keys_and_missing_tables_are_refused_by_name() {
+    let cluster = Cluster::start(2).expect("start PostgreSQL");
+    let (source, target) = (&cluster.servers()[0], &cluster.servers()[1]);
+    let schema = "CREATE TABLE tags (name text PRIMARY KEY, post bigint NOT NULL);
+                  CREATE DOMAIN post_id AS bigint;
+                  CREATE TABLE votes (post post_id NOT NULL, who int NOT NULL);";
+    source.psql(schema).unwrap();
+    source
+        .psql("INSERT INTO votes SELECT g, g FROM generate_series(1, 100) g")
+        .unwrap();
+    target
+        .psql("CREATE TABLE tags (name text PRIMARY KEY, post bigint NOT NULL)")
+        .unwrap();
+    let table = |name: &str, key: &str| Table {
+        name: name.into(),
+        key: key.into(),
+    };
+    runtime().block_on(async {
+        let mut from = connect(&source.url()).await;
+        let mut to = connect(&target.url()).await;
+        for (tables, want) in [
+            (
+                vec![table("tags", "name")],
+                "shard s0: table tags: key column name is text; postshard shards by smallint, integer or bigint keys",
+            ),
+            (vec![table("tags", "id")], "shard s0: table tags has no key column id"),
+            (vec![table("nope", "id")], "shard s0: table nope does not exist"),
+            // A domain over bigint is a fine key; the target lacks the table.
+            (vec![table("votes", "post")], "shard s1: table votes does not exist"),
+        ] {
+            let err = copy_range(
+                Endpoint { shard: "s0", client: &mut from },
+                Endpoint { shard: "s1", client: &mut to },
+                &CopySpec {
+                    tables: &tables,
+                    seed: SEED,
+                    range: TokenRange::ring(),
+                    snapshot: None,
+                    progress: None,
+                },
+            )
+            .await
+            .expect_err("refused");
+            assert_eq!(err.to_string(), want);
+        }
     });
 }

@@ -529,6 +529,7 @@ impl Run<'_> {
             seed: self.new.seed(),
             range: m.range,
             snapshot: None,
+            progress: None,
         };
         let copied = copy_range(
             Endpoint {

@@ -12,10 +12,28 @@ use postshard_router::map::Table;
 use tokio_postgres::Client;
 
 use super::schema::{read_schema, SchemaError, TableSchema};
+use super::tuples::TupleCounter;
 use super::{begin_snapshot, describe, Endpoint, TokenRange, REPLICA_ROLE};
 
+/// Rows between two progress reports.
+pub const PROGRESS_EVERY: u64 = 10_000;
+
+/// How far the copy of one table has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyProgress<'a> {
+    /// Table as the map names it.
+    pub table: &'a str,
+    /// Rows streamed so far for this table.
+    pub rows: u64,
+    /// Bytes of COPY data streamed so far for this table.
+    pub bytes: u64,
+}
+
+/// Called every [`PROGRESS_EVERY`] rows and at the end of each table.
+pub type OnProgress<'a> = &'a (dyn Fn(CopyProgress<'_>) + Sync);
+
 /// What to copy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CopySpec<'a> {
     /// The sharded tables (from the map), copied in this order.
     pub tables: &'a [Table],
@@ -27,6 +45,8 @@ pub struct CopySpec<'a> {
     /// or a replication slot's); `None` takes a fresh snapshot, one for all
     /// tables.
     pub snapshot: Option<&'a str>,
+    /// Progress reports, if wanted (rows, as they pass, not yet committed).
+    pub progress: Option<OnProgress<'a>>,
 }
 
 /// One table's share of a copy.
@@ -63,6 +83,26 @@ pub enum CopyError {
         /// One line per column (as seen from the source).
         differences: Vec<String>,
     },
+    /// The target wrote another number of rows than the source sent, or the
+    /// stream ended early; nothing was committed.
+    #[error(
+        "table {table}: source shard {source_shard} sent {sent} row(s){} but target shard {target_shard} wrote {written}",
+        if *complete { "" } else { " in an unfinished stream" }
+    )]
+    RowCount {
+        /// Table as the map names it.
+        table: String,
+        /// Source shard.
+        source_shard: String,
+        /// Target shard.
+        target_shard: String,
+        /// Rows counted in the stream.
+        sent: u64,
+        /// Whether the stream's end marker was seen.
+        complete: bool,
+        /// Rows the target's COPY reported.
+        written: u64,
+    },
     /// A statement on one side failed.
     #[error("{side} shard {shard}: table {table}: {detail}")]
     Query {
@@ -89,7 +129,9 @@ pub enum CopyError {
 ///
 /// Errors: [`CopyError::Schema`] when a table is missing or has a bad key on
 /// either side; [`CopyError::ColumnsDiffer`] when the sides' columns differ
-/// by name, type or generation; [`CopyError::Query`] when a statement fails.
+/// by name, type or generation; [`CopyError::RowCount`] when the target did
+/// not write every row the source sent; [`CopyError::Query`] when a
+/// statement fails.
 /// On any error the target transaction rolls back.
 pub async fn copy_range(
     source: Endpoint<'_>,
@@ -189,14 +231,41 @@ async fn stream_table(
     futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
+    let mut tuples = TupleCounter::new();
+    let mut next_report = PROGRESS_EVERY;
+    let report = |rows, bytes| {
+        if let Some(progress) = spec.progress {
+            progress(CopyProgress {
+                table: &table.name,
+                rows,
+                bytes,
+            });
+        }
+    };
     while let Some(chunk) = rows_out.next().await {
         let chunk = chunk.map_err(on_source)?;
         bytes += chunk.len() as u64;
+        tuples.feed(&chunk);
+        if tuples.tuples() >= next_report {
+            report(tuples.tuples(), bytes);
+            next_report = tuples.tuples() + PROGRESS_EVERY;
+        }
         // `feed` buffers without flushing; the sink sends 4 KiB messages.
         // Dropping the sink on an error aborts the target's COPY.
         sink.feed(chunk).await.map_err(on_target)?;
     }
     let rows = sink.as_mut().finish().await.map_err(on_target)?;
+    if rows != tuples.tuples() || !tuples.is_done() {
+        return Err(CopyError::RowCount {
+            table: table.name.clone(),
+            source_shard: source_shard.to_string(),
+            target_shard: target_shard.to_string(),
+            sent: tuples.tuples(),
+            complete: tuples.is_done(),
+            written: rows,
+        });
+    }
+    report(rows, bytes);
     Ok((rows, bytes))
 }
 

@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod copy;
 pub mod delete;
 pub mod schema;
+mod tuples;
 pub mod verify;
 
 use postshard_router::map::Table;
@@ -22,8 +23,8 @@ use postshard_router::Token;
 use tokio_postgres::Client;
 
 pub use checksum::{checksum_range, ChecksumError, TableChecksum};
-pub use copy::{copy_range, CopyError, CopySpec, TableCopied};
-pub use delete::{delete_range, DeleteError, TableDeleted};
+pub use copy::{copy_range, CopyError, CopyProgress, CopySpec, OnProgress, TableCopied};
+pub use delete::{delete_range, DeleteError, TableDeleted, DEFAULT_BATCH_ROWS};
 pub use schema::{read_schema, Column, SchemaError, TableSchema};
 pub use verify::{verify, Problem, ProblemKind, VerifyError, VerifyOptions, VerifyReport};
 
@@ -50,7 +51,8 @@ pub struct BadRange {
 }
 
 impl TokenRange {
-    /// The range `[from, to)`.
+    /// The range `[from, to)`; a planned move's range is
+    /// `TokenRange::new(m.from.into(), m.to)` (`Move` and `PlannedMove` alike).
     ///
     /// Errors: [`BadRange`] unless `i64::MIN <= from < to <= 2^63`.
     pub fn new(from: i128, to: i128) -> Result<TokenRange, BadRange> {
