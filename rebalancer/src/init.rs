@@ -153,7 +153,7 @@ pub async fn init(
     // 3. Shards.
     let owned = |shard: usize| fence::owned_ranges(map, shard);
     let (copied, warnings) = inspected
-        .prepare(map, map.version(), &owned, options)
+        .prepare(map, map.version(), &owned, &|_| true, options)
         .await?;
     Ok(InitReport {
         seeded,
@@ -177,9 +177,23 @@ pub async fn prepare_shards(
     owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
     options: &InitOptions,
 ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
+    prepare_shards_where(map, epoch, owned, &|_| true, options).await
+}
+
+/// [`prepare_shards`], changing only the shards `index` for which
+/// `install(index)` holds (all are still checked): `apply` readies only the
+/// shards without a fence, since the DDL would queue a live shard's writers
+/// behind its longest transaction; with `|_| false` it only checks.
+pub async fn prepare_shards_where(
+    map: &ShardMap,
+    epoch: u64,
+    owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+    install: &(dyn Fn(usize) -> bool + Sync),
+    options: &InitOptions,
+) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
     Inspected::new(map, options)
         .await?
-        .prepare(map, epoch, owned, options)
+        .prepare(map, epoch, owned, install, options)
         .await
 }
 
@@ -250,6 +264,7 @@ impl Inspected {
         map: &ShardMap,
         epoch: u64,
         owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+        install: &(dyn Fn(usize) -> bool + Sync),
         options: &InitOptions,
     ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
         // The DDL copying missing tables is built first, while the donor's
@@ -286,6 +301,7 @@ impl Inspected {
             .zip(self.shards.iter_mut())
             .zip(copies)
             .enumerate()
+            .filter(|(index, _)| install(*index))
         {
             let shard_error = |what: &'static str| {
                 move |e: tokio_postgres::Error| InitError::Shard {

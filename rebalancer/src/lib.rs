@@ -10,6 +10,7 @@ pub mod fence;
 pub mod init;
 pub mod layout;
 pub mod live;
+pub mod migrate;
 pub mod plan;
 pub mod range;
 pub mod simulate;

@@ -1,5 +1,7 @@
 //! Command-line parsing and dispatch; each subcommand lives in its own module.
 
+mod abort;
+mod apply;
 mod check;
 mod failure;
 mod init;
@@ -8,9 +10,11 @@ mod map_init;
 mod map_source;
 mod output;
 mod plan;
+mod resume;
 mod route;
 mod skew_live;
 mod skew_simulate;
+mod status;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +50,14 @@ enum Command {
     /// Check that every row is on the shard owning its token, with row
     /// counts and checksums per arc.
     Verify(verify::Args),
+    /// Move a plan's ranges on the live cluster (blocking mode), journaled step by step.
+    Apply(apply::Args),
+    /// Continue the unfinished migration from its last journaled step.
+    Resume(resume::Args),
+    /// Undo a migration that has not flipped ownership yet.
+    Abort(abort::Args),
+    /// Show the live epoch, shards, routers and migrations.
+    Status(status::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,5 +101,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             live,
         }) => skew_live::run(live),
         Command::Verify(args) => verify::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Resume(args) => resume::run(args),
+        Command::Abort(args) => abort::run(args),
+        Command::Status(args) => status::run(args),
     }
 }

@@ -27,7 +27,8 @@ pub struct Args {
 
 /// Verifies the cluster; exit 0 when clean, 1 listing the first problems.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let map = ShardMap::from_path(&args.map)?;
+    // With `control:`, the live map.
+    let map = super::map_source::load(&args.map)?;
     let options = VerifyOptions {
         max_problems: usize::from(args.max_problems),
     };

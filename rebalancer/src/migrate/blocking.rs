@@ -1,0 +1,777 @@
+//! Blocking moves: writes to a moving range wait (refused with `PS001`,
+//! retried by routers) while it is copied, verified and flipped.
+//!
+//! [`apply`] checks everything it can before it records the migration
+//! (live epoch, plan against the live map, every shard reachable and fenced,
+//! the schemas as `init` judges them), then runs [`super::steps`]; [`resume`]
+//! continues the active migration from its last journaled step; [`abort`]
+//! undoes one whose flip has not committed. Whoever runs a migration holds a
+//! session advisory lock on its id in the control store, so two processes
+//! never run the same migration; a killed process's lock goes with its
+//! connection.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use postshard_router::live_map::live_epoch;
+use postshard_router::{connect, ConnUrl, ShardMap, Token};
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+use super::failpoint::{self, When};
+use super::{
+    all_shards, owned_by, steps, stored_plan, union, MigrateError, MoveOptions, StepId, BLOCKING,
+};
+use crate::control::{self, ControlError, Migration, MigrationState, Phase};
+use crate::fence::{self, FenceError};
+use crate::init::{prepare_shards_where, InitError};
+use crate::plan::Plan;
+use crate::range::{self, checksum_range, copy_range, delete_range, CopySpec, Endpoint};
+
+/// Advisory lock class of a running migration (`pg_try_advisory_lock(class, id)`).
+const RUN_LOCK_CLASS: i32 = 0x7073_6d67; // "psmg"
+
+/// What a migration reports as it goes: each step as it is journaled, rows
+/// copied, and the end.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    /// The migration.
+    pub migration: i64,
+    /// The plan's move, if the event is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_index: Option<u32>,
+    /// `planned`, a step's phase, `copied_rows`, `done` or `aborted`.
+    pub event: String,
+    /// Details (rows per table, the new epoch, …).
+    pub detail: Value,
+}
+
+/// One move of the plan, in the shapes the fence and the mover take.
+#[derive(Debug, Clone)]
+struct MoveRange {
+    index: u32,
+    source: String,
+    target: String,
+    range: range::TokenRange,
+    fence: fence::TokenRange,
+}
+
+fn move_ranges(plan: &Plan) -> Result<Vec<MoveRange>, MigrateError> {
+    plan.moves
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let range = range::TokenRange::new(i128::from(m.from), m.to)
+                .map_err(|source| MigrateError::Range { index, source })?;
+            let last = Token::try_from(range.to() - 1).unwrap_or(Token::MAX);
+            Ok(MoveRange {
+                index,
+                source: m.source.clone(),
+                target: m.target.clone(),
+                range,
+                fence: fence::TokenRange {
+                    from: range.from(),
+                    last,
+                },
+            })
+        })
+        .collect()
+}
+
+/// A migration being run by this process.
+struct Run<'a> {
+    control: Client,
+    migration: Migration,
+    old: ShardMap,
+    new: ShardMap,
+    moves: Vec<MoveRange>,
+    shards: Vec<(String, ConnUrl)>,
+    options: &'a MoveOptions,
+    on_event: &'a mut dyn FnMut(&Event),
+    /// Rows copied per move (reported in the next step's journal detail).
+    copied: BTreeMap<u32, Value>,
+}
+
+async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
+    let url = map.control().ok_or(MigrateError::NoControl)?;
+    connect(url, options.init.connect_timeout)
+        .await
+        .map_err(|source| MigrateError::Connect {
+            what: "control store".into(),
+            source,
+        })
+}
+
+fn refused(e: InitError) -> MigrateError {
+    match e {
+        InitError::Refused { .. } => MigrateError::Refused(e),
+        InitError::Connect { what, source } => MigrateError::Connect { what, source },
+        other => MigrateError::Init(other),
+    }
+}
+
+/// Takes the run lock of migration `id` for this session.
+async fn lock(control: &Client, id: i64) -> Result<(), MigrateError> {
+    let key = i32::try_from(id).unwrap_or(i32::MAX);
+    let got: bool = control
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&RUN_LOCK_CLASS, &key],
+        )
+        .await
+        .map_err(control::query_error("locking the migration"))?
+        .get(0);
+    if got {
+        Ok(())
+    } else {
+        Err(MigrateError::Busy { id })
+    }
+}
+
+/// Applies `plan` to the live map of `map`'s control store in blocking mode
+/// (see the module docs of [`super`]); returns the migration's id.
+///
+/// Refuses, having changed nothing: no `control:` ([`MigrateError::NoControl`]),
+/// a mode other than `blocking`, another active migration
+/// ([`MigrateError::Active`]), a plan for another epoch
+/// ([`MigrateError::StaleEpoch`]) or that does not apply to the live map
+/// ([`MigrateError::Plan`]), an unreachable shard ([`MigrateError::Connect`]),
+/// a shard without fence ([`MigrateError::NotInstalled`]), schemas init would
+/// refuse ([`MigrateError::Refused`]). Later failures leave the migration
+/// active, to be resumed or aborted.
+pub async fn apply(
+    map: &ShardMap,
+    plan: &Plan,
+    mode: &str,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    options: &MoveOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<i64, MigrateError> {
+    if mode != BLOCKING {
+        return Err(MigrateError::Mode {
+            mode: mode.to_string(),
+        });
+    }
+    let control = connect_control(map, options).await?;
+    if let Some(active) = Migration::active(&control).await? {
+        return Err(MigrateError::Active { id: active.id });
+    }
+    let old = control::live_map(&control, env).await?;
+    if plan.base_version != old.version() {
+        return Err(MigrateError::StaleEpoch {
+            plan: plan.base_version,
+            live: old.version(),
+        });
+    }
+    let new = plan.apply_with_env(&old, env)?;
+    let moves = move_ranges(plan)?;
+    let shards = all_shards(&old, &new);
+    for (name, url) in &shards {
+        let client = connect(url, options.init.connect_timeout)
+            .await
+            .map_err(|source| MigrateError::Connect {
+                what: format!("shard {name}"),
+                source,
+            })?;
+        if old.shard_index(name).is_some() {
+            fence::read(&client)
+                .await
+                .map_err(|source| MigrateError::NotInstalled {
+                    shard: name.clone(),
+                    source,
+                })?;
+        }
+    }
+    // Init's checks on every shard of the new map, changing nothing.
+    prepare_shards_where(
+        &new,
+        old.version(),
+        &|_| Vec::new(),
+        &|_| false,
+        &options.init,
+    )
+    .await
+    .map_err(refused)?;
+    let migration = Migration::begin(&control, old.version(), BLOCKING, &plan.to_yaml())
+        .await
+        .map_err(|e| match e {
+            ControlError::MigrationActive { id } => MigrateError::Active { id },
+            other => other.into(),
+        })?;
+    lock(&control, migration.id).await?;
+    let mut run = Run {
+        control,
+        migration,
+        old,
+        new,
+        moves,
+        shards,
+        options,
+        on_event,
+        copied: BTreeMap::new(),
+    };
+    let planned = json!({ "base_epoch": run.old.version(), "new_epoch": run.new.version() });
+    run.journal(None, Phase::Planned, planned).await?;
+    run.run_from(0).await?;
+    Ok(run.migration.id)
+}
+
+/// Loads migration `migration`'s maps and plan for this process to run.
+async fn load_run<'a>(
+    control: Client,
+    migration: Migration,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    options: &'a MoveOptions,
+    on_event: &'a mut dyn FnMut(&Event),
+) -> Result<Run<'a>, MigrateError> {
+    let id = migration.id;
+    if migration.mode != BLOCKING {
+        return Err(MigrateError::Mode {
+            mode: migration.mode.clone(),
+        });
+    }
+    let plan = stored_plan(id, &migration.plan)?;
+    let text = control::map_at(&control, migration.base_epoch)
+        .await?
+        .ok_or_else(|| MigrateError::Journal {
+            id,
+            what: format!("no stored map for base epoch {}", migration.base_epoch),
+        })?;
+    let old = ShardMap::parse(
+        &text,
+        &format!("control store epoch {}", migration.base_epoch),
+        env,
+    )
+    .map_err(|e| MigrateError::Journal {
+        id,
+        what: format!("stored map of epoch {}: {e}", migration.base_epoch),
+    })?;
+    let new = plan.apply_with_env(&old, env)?;
+    let moves = move_ranges(&plan)?;
+    let shards = all_shards(&old, &new);
+    lock(&control, id).await?;
+    Ok(Run {
+        control,
+        migration,
+        old,
+        new,
+        moves,
+        shards,
+        options,
+        on_event,
+        copied: BTreeMap::new(),
+    })
+}
+
+/// Continues the active migration (migration `id` when given) from its
+/// last journaled step, redoing that step (every step is idempotent; after
+/// `verified`, from the copy before it); an interrupted abort is finished.
+/// Returns the migration's id.
+///
+/// Errors: [`MigrateError::NothingActive`]; [`MigrateError::NotActive`] for
+/// an `id` that is done or aborted; [`MigrateError::Busy`] while another
+/// process runs it; any step's failure (the migration stays active).
+pub async fn resume(
+    map: &ShardMap,
+    id: Option<i64>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    options: &MoveOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<i64, MigrateError> {
+    let control = connect_control(map, options).await?;
+    let migration = match id {
+        Some(id) => Migration::get(&control, id).await?,
+        None => Migration::active(&control)
+            .await?
+            .ok_or(MigrateError::NothingActive)?,
+    };
+    if migration.state != MigrationState::Active {
+        return Err(MigrateError::NotActive {
+            id: migration.id,
+            state: state_name(migration.state),
+            what: "resume",
+        });
+    }
+    let mut run = load_run(control, migration, env, options, on_event).await?;
+    let id = run.migration.id;
+    let journal = run.migration.steps(&run.control).await?;
+    let Some(last) = journal.last() else {
+        run.journal(None, Phase::Planned, json!({})).await?;
+        run.run_from(0).await?;
+        return Ok(id);
+    };
+    match last.phase {
+        Phase::Planned => run.run_from(0).await?,
+        Phase::Aborted => run.finish_abort().await?,
+        phase => {
+            // A verification that failed (or was cut short) is redone after
+            // copying again: the copy replaces the target's range whole.
+            let phase = match phase {
+                Phase::Verified => Phase::Copied,
+                other => other,
+            };
+            let all = steps(run.moves_len());
+            let at = all
+                .iter()
+                .position(|s| s.phase == phase && s.move_index == last.move_index)
+                .ok_or_else(|| MigrateError::Journal {
+                    id,
+                    what: format!("last step `{phase}` is not a step of a blocking move"),
+                })?;
+            run.run_from(at).await?;
+        }
+    }
+    Ok(id)
+}
+
+/// Undoes active migration `id`, whose flip has not committed: targets lose
+/// any ownership granted, the copied rows are deleted from the targets and
+/// the sources' fences are lowered. Safe to rerun after a crash.
+///
+/// Errors: [`MigrateError::AlreadyFlipped`] (nothing changed) once the
+/// live epoch moved past the migration's base; [`MigrateError::NotActive`];
+/// [`MigrateError::Busy`]; [`MigrateError::TargetWritten`] when a target
+/// that had been given ownership holds rows the source does not (ownership
+/// is given back and nothing is deleted).
+pub async fn abort(
+    map: &ShardMap,
+    id: i64,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    options: &MoveOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(), MigrateError> {
+    let control = connect_control(map, options).await?;
+    let migration = Migration::get(&control, id).await?;
+    if migration.state != MigrationState::Active {
+        return Err(MigrateError::NotActive {
+            id,
+            state: state_name(migration.state),
+            what: "abort",
+        });
+    }
+    let live = live_epoch(&control).await.map_err(ControlError::from)?;
+    if live != Some(migration.base_epoch) {
+        return Err(MigrateError::AlreadyFlipped {
+            id,
+            live: live.unwrap_or(0),
+        });
+    }
+    let mut run = load_run(control, migration, env, options, on_event).await?;
+    let journal = run.migration.steps(&run.control).await?;
+    if !journal.iter().any(|s| s.phase == Phase::Aborted) {
+        let granted = journal.iter().any(|s| s.phase == Phase::Flipped);
+        run.revoke_targets().await?;
+        if granted {
+            run.check_targets_untouched().await?;
+        }
+        run.journal(None, Phase::Aborted, json!({})).await?;
+    }
+    run.finish_abort().await
+}
+
+fn state_name(state: MigrationState) -> &'static str {
+    match state {
+        MigrationState::Active => "active",
+        MigrationState::Done => "done",
+        MigrationState::Aborted => "aborted",
+    }
+}
+
+impl Run<'_> {
+    fn moves_len(&self) -> u32 {
+        u32::try_from(self.moves.len()).unwrap_or(u32::MAX)
+    }
+
+    fn event(&mut self, move_index: Option<u32>, event: &str, detail: Value) {
+        (self.on_event)(&Event {
+            migration: self.migration.id,
+            move_index,
+            event: event.to_string(),
+            detail,
+        });
+    }
+
+    /// Journals a step before it is done, reports it, and fires its failpoint.
+    async fn journal(
+        &mut self,
+        move_index: Option<u32>,
+        phase: Phase,
+        detail: Value,
+    ) -> Result<(), MigrateError> {
+        self.migration
+            .append(&self.control, move_index, phase, &detail.to_string())
+            .await?;
+        self.event(move_index, phase.as_str(), detail);
+        failpoint::hit(phase, move_index, When::Before);
+        Ok(())
+    }
+
+    /// Runs the steps from `start` (0: the first) to the end, then marks
+    /// the migration done.
+    async fn run_from(&mut self, start: usize) -> Result<(), MigrateError> {
+        for step in steps(self.moves_len()).into_iter().skip(start) {
+            let detail = match (step.phase, step.move_index) {
+                (Phase::Verified, Some(i)) => {
+                    json!({ "copied": self.copied.get(&i).cloned().unwrap_or(Value::Null) })
+                }
+                (Phase::Flipped, _) => json!({ "epoch": self.new.version() }),
+                _ => json!({}),
+            };
+            self.journal(step.move_index, step.phase, detail).await?;
+            self.step(step).await?;
+            failpoint::hit(step.phase, step.move_index, When::After);
+        }
+        self.migration
+            .finish(&self.control, MigrationState::Done)
+            .await?;
+        let detail = json!({ "epoch": self.new.version() });
+        self.event(None, "done", detail);
+        Ok(())
+    }
+
+    fn move_at(&self, index: Option<u32>) -> Result<MoveRange, MigrateError> {
+        index
+            .and_then(|i| self.moves.get(usize::try_from(i).ok()?))
+            .cloned()
+            .ok_or_else(|| MigrateError::Journal {
+                id: self.migration.id,
+                what: format!("no move {index:?} in the plan"),
+            })
+    }
+
+    /// A fresh connection to shard `name`.
+    async fn shard(&self, name: &str) -> Result<Client, MigrateError> {
+        let url = self
+            .shards
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| u)
+            .ok_or_else(|| MigrateError::Journal {
+                id: self.migration.id,
+                what: format!("shard {name} is in neither map"),
+            })?;
+        connect(url, self.options.init.connect_timeout)
+            .await
+            .map_err(|source| MigrateError::Connect {
+                what: format!("shard {name}"),
+                source,
+            })
+    }
+
+    async fn step(&mut self, step: StepId) -> Result<(), MigrateError> {
+        match step.phase {
+            Phase::Prepared => self.prepare().await,
+            Phase::Fenced => {
+                let m = self.move_at(step.move_index)?;
+                let client = self.shard(&m.source).await?;
+                fence::raise(&client, &[m.fence], self.options.fence_wait)
+                    .await
+                    .map_err(fence_error(&m.source))
+            }
+            Phase::Copied => {
+                let m = self.move_at(step.move_index)?;
+                self.copy(&m).await
+            }
+            Phase::Verified => {
+                let m = self.move_at(step.move_index)?;
+                self.verify(&m).await
+            }
+            Phase::Flipped => self.flip().await,
+            Phase::RoutersAcked => control::wait_for_acks(
+                &self.control,
+                self.new.version(),
+                self.options.ack_margin,
+                self.options.ack_poll,
+                self.options.ack_timeout,
+            )
+            .await
+            .map_err(MigrateError::from),
+            Phase::Cleaned => {
+                let m = self.move_at(step.move_index)?;
+                self.clean(&m).await
+            }
+            other => Err(MigrateError::Journal {
+                id: self.migration.id,
+                what: format!("`{other}` is not a step of a blocking move"),
+            }),
+        }
+    }
+
+    /// The shards of the new map get fence, triggers and missing tables; a
+    /// shard the plan adds owns nothing until the flip.
+    async fn prepare(&mut self) -> Result<(), MigrateError> {
+        // Only shards without a fence (those the plan adds): the DDL would
+        // lock a live shard's tables behind its running writers.
+        let mut unprepared = Vec::with_capacity(self.new.shards().len());
+        for shard in self.new.shards() {
+            let client = self.shard(&shard.name).await?;
+            unprepared.push(fence::read(&client).await.is_err());
+        }
+        let (old, new) = (&self.old, &self.new);
+        let owned = |i: usize| {
+            new.shards()
+                .get(i)
+                .map(|s| owned_by(old, &s.name))
+                .unwrap_or_default()
+        };
+        let install = |i: usize| unprepared.get(i).copied().unwrap_or(false);
+        prepare_shards_where(new, old.version(), &owned, &install, &self.options.init)
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+
+    async fn copy(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let mut source = self.shard(&m.source).await?;
+        let mut target = self.shard(&m.target).await?;
+        let spec = CopySpec {
+            tables: self.new.tables(),
+            seed: self.new.seed(),
+            range: m.range,
+            snapshot: None,
+            progress: None,
+        };
+        let copied = copy_range(
+            Endpoint {
+                shard: &m.source,
+                client: &mut source,
+            },
+            Endpoint {
+                shard: &m.target,
+                client: &mut target,
+            },
+            &spec,
+        )
+        .await
+        .map_err(|source| MigrateError::Copy {
+            index: m.index,
+            source,
+        })?;
+        let rows: serde_json::Map<String, Value> = copied
+            .iter()
+            .map(|t| (t.table.clone(), json!(t.rows)))
+            .collect();
+        let rows = Value::Object(rows);
+        self.copied.insert(m.index, rows.clone());
+        self.event(Some(m.index), "copied_rows", rows);
+        Ok(())
+    }
+
+    /// Compares row counts and checksums of the range, both sides.
+    async fn verify(&self, m: &MoveRange) -> Result<(), MigrateError> {
+        if let Some((table, s, t)) = self.differing_table(m).await? {
+            return Err(MigrateError::Mismatch {
+                index: m.index,
+                table,
+                source_shard: m.source.clone(),
+                target_shard: m.target.clone(),
+                source_rows: s.rows,
+                target_rows: t.rows,
+                source_sum: s.sum,
+                target_sum: t.sum,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first table whose range differs between source and target.
+    async fn differing_table(
+        &self,
+        m: &MoveRange,
+    ) -> Result<Option<(String, range::TableChecksum, range::TableChecksum)>, MigrateError> {
+        let mut sums = Vec::with_capacity(2);
+        for name in [&m.source, &m.target] {
+            let mut client = self.shard(name).await?;
+            let side = Endpoint {
+                shard: name,
+                client: &mut client,
+            };
+            sums.push(
+                checksum_range(side, self.new.tables(), self.new.seed(), m.range, None)
+                    .await
+                    .map_err(|source| MigrateError::Checksum {
+                        index: m.index,
+                        source,
+                    })?,
+            );
+        }
+        let (source, target) = match (sums.first(), sums.get(1)) {
+            (Some(s), Some(t)) => (s, t),
+            _ => return Ok(None),
+        };
+        Ok(source
+            .iter()
+            .zip(target)
+            .find(|(s, t)| s != t)
+            .map(|(s, t)| (s.table.clone(), s.clone(), t.clone())))
+    }
+
+    /// Targets own their new ranges, the control store flips (unless this
+    /// flip already committed), then every shard involved owns exactly its
+    /// ranges of the new map.
+    async fn flip(&mut self) -> Result<(), MigrateError> {
+        let base = self.old.version();
+        let new_epoch = self.new.version();
+        for target in self.targets() {
+            let owned = union(&owned_by(&self.old, &target), &owned_by(&self.new, &target));
+            let client = self.shard(&target).await?;
+            fence::set_owned(&client, base, &owned, self.options.fence_wait)
+                .await
+                .map_err(fence_error(&target))?;
+        }
+        match live_epoch(&self.control)
+            .await
+            .map_err(ControlError::from)?
+        {
+            Some(live) if live == base => {
+                control::flip(&mut self.control, base, &self.new).await?;
+            }
+            Some(live) if live == new_epoch => {}
+            live => {
+                return Err(MigrateError::Journal {
+                    id: self.migration.id,
+                    what: format!(
+                    "the live epoch is {live:?}, neither the base {base} nor the new {new_epoch}"
+                ),
+                })
+            }
+        }
+        for name in self.involved() {
+            let owned = owned_by(&self.new, &name);
+            let client = self.shard(&name).await?;
+            fence::set_owned(&client, new_epoch, &owned, self.options.fence_wait)
+                .await
+                .map_err(fence_error(&name))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the moved rows from the source, then lowers its fence.
+    async fn clean(&self, m: &MoveRange) -> Result<(), MigrateError> {
+        let mut client = self.shard(&m.source).await?;
+        delete_range(
+            Endpoint {
+                shard: &m.source,
+                client: &mut client,
+            },
+            self.new.tables(),
+            self.new.seed(),
+            m.range,
+            self.options.delete_batch,
+        )
+        .await
+        .map_err(|source| MigrateError::Delete {
+            index: m.index,
+            source,
+        })?;
+        fence::lower(&client, &[m.fence])
+            .await
+            .map_err(fence_error(&m.source))
+    }
+
+    fn targets(&self) -> BTreeSet<String> {
+        self.moves.iter().map(|m| m.target.clone()).collect()
+    }
+
+    /// Sources, targets and removed shards.
+    fn involved(&self) -> BTreeSet<String> {
+        let mut out = self.targets();
+        out.extend(self.moves.iter().map(|m| m.source.clone()));
+        out.extend(
+            self.old
+                .shards()
+                .iter()
+                .filter(|s| self.new.shard_index(&s.name).is_none())
+                .map(|s| s.name.clone()),
+        );
+        out
+    }
+
+    /// Targets own again exactly what they owned at the base epoch.
+    async fn revoke_targets(&self) -> Result<(), MigrateError> {
+        for target in self.targets() {
+            let client = self.shard(&target).await?;
+            // A target not prepared yet has no fence: it owns nothing.
+            if fence::read(&client).await.is_err() {
+                continue;
+            }
+            fence::set_owned(
+                &client,
+                self.old.version(),
+                &owned_by(&self.old, &target),
+                self.options.fence_wait,
+            )
+            .await
+            .map_err(fence_error(&target))?;
+        }
+        Ok(())
+    }
+
+    /// After ownership was revoked, every target's range must still equal
+    /// the (fenced, hence unchanged) source's; otherwise the grant is
+    /// restored and the abort refused.
+    async fn check_targets_untouched(&self) -> Result<(), MigrateError> {
+        for m in &self.moves {
+            if let Some((table, _, _)) = self.differing_table(m).await? {
+                for target in self.targets() {
+                    let owned = union(&owned_by(&self.old, &target), &owned_by(&self.new, &target));
+                    let client = self.shard(&target).await?;
+                    fence::set_owned(&client, self.old.version(), &owned, self.options.fence_wait)
+                        .await
+                        .map_err(fence_error(&target))?;
+                }
+                return Err(MigrateError::TargetWritten {
+                    index: m.index,
+                    table,
+                    target: m.target.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The abort's idempotent body: ownership revoked, copied rows deleted
+    /// from the targets, fences lowered on the sources, migration aborted.
+    async fn finish_abort(&mut self) -> Result<(), MigrateError> {
+        self.revoke_targets().await?;
+        let moves = self.moves.clone();
+        for m in &moves {
+            let mut target = self.shard(&m.target).await?;
+            let prepared = fence::read(&target).await.is_ok();
+            if prepared {
+                delete_range(
+                    Endpoint {
+                        shard: &m.target,
+                        client: &mut target,
+                    },
+                    self.new.tables(),
+                    self.new.seed(),
+                    m.range,
+                    self.options.delete_batch,
+                )
+                .await
+                .map_err(|source| MigrateError::Delete {
+                    index: m.index,
+                    source,
+                })?;
+            }
+            let source = self.shard(&m.source).await?;
+            fence::lower(&source, &[m.fence])
+                .await
+                .map_err(fence_error(&m.source))?;
+            self.event(Some(m.index), "undone", json!({}));
+        }
+        self.migration
+            .finish(&self.control, MigrationState::Aborted)
+            .await?;
+        self.event(None, "aborted", json!({ "epoch": self.old.version() }));
+        Ok(())
+    }
+}
+
+fn fence_error(shard: &str) -> impl Fn(FenceError) -> MigrateError + '_ {
+    move |source| MigrateError::Fence {
+        shard: shard.to_string(),
+        source,
+    }
+}
