@@ -104,6 +104,12 @@ impl Live {
         control: &ConnUrl,
         options: LiveOptions,
     ) -> Result<(Arc<ArcSwap<Routing>>, Arc<Live>), RouterError> {
+        if options.renew_every >= options.lease {
+            return Err(control_error(format!(
+                "renew_every ({:?}) must be shorter than the lease ({:?})",
+                options.renew_every, options.lease
+            )));
+        }
         let client = tokio::time::timeout(
             options.control_timeout,
             connect(control, options.control_timeout),

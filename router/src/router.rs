@@ -589,3 +589,18 @@ impl Drop for Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::number_after;
+
+    #[test]
+    fn moved_messages_give_their_token_and_epoch() {
+        let message =
+            "postshard: token -4454309705 (key 20007 of posts) is fenced for a move at epoch 7";
+        assert_eq!(number_after::<i64>(message, "token "), Some(-4_454_309_705));
+        assert_eq!(number_after::<u64>(message, "epoch "), Some(7));
+        assert_eq!(number_after::<u64>("no numbers here", "epoch "), None);
+        assert_eq!(number_after::<u64>("at epoch ", "epoch "), None);
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use postshard_router::map::env_var;
-use postshard_router::{connect, live_map, MapError, ShardMap};
+use postshard_router::{connect, live_map, ConnUrl, MapError, ShardMap};
 
 use super::Failure;
 
@@ -31,15 +31,16 @@ pub fn load_with(
     })?;
     let origin = path.display().to_string();
     let file = ShardMap::parse(&text, &origin, env)?;
-    if file.control().is_none() {
-        return Ok(file);
-    }
-    let real = ShardMap::parse(&text, &origin, &env_var)?;
-    let Some(control) = real.control() else {
+    // Only the control URL needs the real environment (`plan` resolves the
+    // shards' `${VAR}` with placeholders: it needs no secrets).
+    let Some(template) = file.control().map(|c| c.template().to_string()) else {
         return Ok(file);
     };
+    let control = ConnUrl::expand(&template, env_var).map_err(|problems| {
+        Failure::invalid(format!("{origin}: control: {}", problems.join("; ")))
+    })?;
     runtime()?.block_on(async {
-        let client = connect(control, CONTROL_TIMEOUT)
+        let client = connect(&control, CONTROL_TIMEOUT)
             .await
             .map_err(|e| Failure::Runtime(anyhow::anyhow!("control store: {e}")))?;
         live_map::load_live(&client, env)

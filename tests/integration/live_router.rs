@@ -46,9 +46,11 @@ fn quick(watch: bool) -> LiveOptions {
 
 #[test]
 fn routers_follow_flips_by_notify_and_after_their_listener_is_killed() {
-    let (cluster, control_url) = start_with_control(2);
+    let (cluster, control_url) = start_with_control(3);
+    // Epochs 1-3 use two shards; epoch 4 adds the third.
+    let two = &cluster.servers()[..2];
     let ring1 = [(i64::MIN, 0), (0, 1)];
-    let map1 = control_map(&cluster, &control_url, 1, 9, &ring1);
+    let map1 = control_map_over(two, &control_url, 1, 9, &ring1);
     let rt = runtime();
     rt.block_on(async {
         let mut control = connect(&control_url).await;
@@ -100,7 +102,7 @@ fn routers_follow_flips_by_notify_and_after_their_listener_is_killed() {
             .get(0);
         assert_eq!(killed, 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let map3 = control_map(&cluster, &control_url, 3, 9, &ring1);
+        let map3 = control_map_over(two, &control_url, 3, 9, &ring1);
         control::flip(&mut control, 2, &map3).await.unwrap();
         eventually(
             Duration::from_secs(3),
@@ -109,8 +111,12 @@ fn routers_follow_flips_by_notify_and_after_their_listener_is_killed() {
         )
         .await;
         assert_eq!(router.shard_for(key).name, "s1");
-        // And a later flip arrives by NOTIFY on the new listening connection.
-        let map4 = control_map(&cluster, &control_url, 4, 9, &[(i64::MIN, 1)]);
+        // A later flip, adding shard s2, arrives by NOTIFY on the new
+        // listening connection; s1 keeps its pool (same server session),
+        // s2 gets one.
+        let pid = "SELECT pg_backend_pid()";
+        let s1_session: i32 = router.query_one(key, pid, &[]).await.unwrap().get(0);
+        let map4 = control_map(&cluster, &control_url, 4, 9, &[(i64::MIN, 1), (1 << 62, 2)]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         control::flip(&mut control, 3, &map4).await.unwrap();
         eventually(Duration::from_secs(3), "follow flip 4", || {
@@ -118,6 +124,15 @@ fn routers_follow_flips_by_notify_and_after_their_listener_is_killed() {
         })
         .await;
         assert_eq!(router.shard_for(-key).name, "s1");
+        let kept: i32 = router.query_one(-key, pid, &[]).await.unwrap().get(0);
+        assert_eq!(kept, s1_session, "s1's pooled connection survives the swap");
+        assert_eq!(router.shard_for(key).name, "s2");
+        let port: String = router
+            .query_one(key, "SELECT current_setting('port')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port, cluster.servers()[2].port().to_string());
         router.shutdown().await;
         assert!(control::routers(&control).await.unwrap().is_empty());
     });
