@@ -325,8 +325,10 @@ pub async fn resume(
 }
 
 /// Undoes active migration `id`, whose flip has not committed: targets lose
-/// any ownership granted, the copied rows are deleted from the targets and
-/// the sources' fences are lowered. Safe to rerun after a crash.
+/// any ownership granted, the copied rows are deleted from the targets, the
+/// sources' fences are lowered and a shard the plan added loses its
+/// `postshard` schema (fence row, fence functions and triggers; its tables
+/// stay). Safe to rerun after a crash.
 ///
 /// Errors: [`MigrateError::AlreadyFlipped`] (nothing changed) once the
 /// live epoch moved past the migration's base; [`MigrateError::NotActive`];
@@ -760,6 +762,31 @@ impl Run<'_> {
                 .await
                 .map_err(fence_error(&m.source))?;
             self.event(Some(m.index), "undone", json!({}));
+        }
+        // A shard the plan added leaves the way it came: no fence state or
+        // fence triggers (its tables, now empty of moved rows, stay).
+        let added: Vec<String> = self
+            .new
+            .shards()
+            .iter()
+            .filter(|s| self.old.shard_index(&s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        for name in added {
+            let client = self.shard(&name).await?;
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    fence::SHARD_SCHEMA
+                ))
+                .await
+                .map_err(|e| MigrateError::Fence {
+                    shard: name.clone(),
+                    source: FenceError::Query {
+                        what: "removing the fence of a shard the plan added",
+                        detail: postshard_router::describe_db_error(&e),
+                    },
+                })?;
         }
         self.migration
             .finish(&self.control, MigrationState::Aborted)
