@@ -265,8 +265,12 @@ impl LoadCounters {
 /// Private rows of `segments` counters that fit in [`COUNTER_BUDGET`] with
 /// the shared row: from 1 to [`ROWS`].
 fn private_rows(segments: usize) -> usize {
-    let row_bytes = segments.max(1).saturating_mul(std::mem::size_of::<AtomicU64>());
-    (COUNTER_BUDGET / row_bytes).saturating_sub(1).clamp(1, ROWS)
+    let row_bytes = segments
+        .max(1)
+        .saturating_mul(std::mem::size_of::<AtomicU64>());
+    (COUNTER_BUDGET / row_bytes)
+        .saturating_sub(1)
+        .clamp(1, ROWS)
 }
 
 /// Load over the token ring, as JSON: routed calls counted by a router
@@ -377,16 +381,26 @@ mod tests {
         assert_eq!(slots.len(), threads);
         // All alive at once: at least 16 found every slot taken.
         let shared = slots.iter().filter(|s| **s == SHARED).count();
-        assert!(shared >= 16, "only {shared} threads counted in the shared row");
+        assert!(
+            shared >= 16,
+            "only {shared} threads counted in the shared row"
+        );
         let mut private: Vec<usize> = slots.iter().copied().filter(|s| *s != SHARED).collect();
         private.sort_unstable();
         private.dedup();
-        assert_eq!(private.len(), threads - shared, "two live threads held one slot");
+        assert_eq!(
+            private.len(),
+            threads - shared,
+            "two live threads held one slot"
+        );
         let shared_calls: u64 = (0..counters.segments)
             .filter_map(|segment| counters.counters.get(ROWS * counters.segments + segment))
             .map(|c| c.load(Ordering::Relaxed))
             .sum();
-        assert!(shared_calls >= 16 * 1000, "shared row counted {shared_calls}");
+        assert!(
+            shared_calls >= 16 * 1000,
+            "shared row counted {shared_calls}"
+        );
         let report = counters.report(&map);
         let want_b = keys
             .iter()
@@ -428,7 +442,10 @@ mod tests {
             let rows = private_rows(segments);
             assert!((1..=ROWS).contains(&rows));
             let bytes = (rows + 1) * segments * 8;
-            assert!(bytes <= COUNTER_BUDGET.max(2 * 8 * segments), "{arcs} arcs: {bytes} bytes");
+            assert!(
+                bytes <= COUNTER_BUDGET.max(2 * 8 * segments),
+                "{arcs} arcs: {bytes} bytes"
+            );
         }
         assert_eq!(private_rows(10_000 + BUCKETS), ROWS);
     }

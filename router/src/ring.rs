@@ -211,7 +211,9 @@ impl Ring {
     #[inline(never)]
     fn arc_in_many(&self, token: Token, lo: usize, hi: usize) -> usize {
         let candidates = self.starts.get(lo..=hi).unwrap_or(&[]);
-        lo + candidates.partition_point(|s| *s <= token).saturating_sub(1)
+        lo + candidates
+            .partition_point(|s| *s <= token)
+            .saturating_sub(1)
     }
 
     /// Number of arcs.
