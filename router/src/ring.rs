@@ -21,8 +21,8 @@ const MIN_INDEX_BITS: u32 = BUCKET_BITS;
 /// arcs. Bigger rings still look up correctly, with more arcs per bucket.
 const MAX_INDEX_BITS: u32 = 20;
 /// Lookup buckets per arc, at least (rounded up to a power of two). With 4, a
-/// token's bucket holds one arc start on average 1 time in 4, so the search
-/// inside it is two conditional moves at most.
+/// lookup bucket holds an arc start about 1 time in 4, so the search inside
+/// it almost never sees more than the four arcs it handles without a branch.
 const INDEX_PER_ARC: usize = 4;
 
 /// The bucket holding `token`.
@@ -65,7 +65,7 @@ impl Arc {
 /// next power of two ≥ 4 × arcs, from 1,024 to 2^20; `index[b]` is the arc
 /// holding the first token of lookup bucket `b`. The arc holding a token is
 /// then one of `index[b] ..= index[b + 1]`: almost always one or two arcs,
-/// resolved with two conditional moves and no branch on the token. Memory:
+/// resolved by counting starts, with no branch on the token. Memory:
 /// 12 bytes per arc plus 4 bytes per lookup bucket (256 KiB at 10,000 arcs,
 /// 4 MiB at most).
 ///
@@ -77,6 +77,8 @@ impl Arc {
 /// exact loads both per shard and per bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
+    /// Arc starts, then `PAD` times `i64::MAX` so that a lookup can always
+    /// read four starts.
     starts: Box<[Token]>,
     owners: Box<[u32]>,
     /// Lookup index: `lookup_buckets + 1` arc numbers (the last one is the
@@ -100,6 +102,9 @@ struct BucketArcs {
     first_segment: u32,
 }
 
+/// Entries after the last arc start, so that a lookup reads four starts.
+const PAD: usize = 3;
+
 /// A token's offset from `i64::MIN`, as an unsigned number.
 #[inline(always)]
 fn offset(token: Token) -> u64 {
@@ -110,7 +115,7 @@ impl Ring {
     /// Builds a ring from arcs already checked to be valid: sorted, strictly
     /// increasing, starting at `i64::MIN`, fewer than 2^31 of them.
     pub(crate) fn from_checked(arcs: &[(Token, u32)]) -> Ring {
-        let starts: Box<[Token]> = arcs.iter().map(|a| a.0).collect();
+        let starts: Vec<Token> = arcs.iter().map(|a| a.0).collect();
         let index_bits = arcs
             .len()
             .saturating_mul(INDEX_PER_ARC)
@@ -124,7 +129,7 @@ impl Ring {
             buckets: bucket_arcs(&starts),
             segment_count: 0,
             owners: arcs.iter().map(|a| a.1).collect(),
-            starts,
+            starts: starts.iter().copied().chain([Token::MAX; PAD]).collect(),
         }
         .with_segment_count()
     }
@@ -181,10 +186,10 @@ impl Ring {
     }
 
     /// Index of the arc holding `token`: the lookup index narrows the search
-    /// to the arcs overlapping the token's lookup bucket, then two
-    /// branch-free steps pick among up to four of them; more than four arcs
-    /// in one lookup bucket (tiny arcs clustered together) take a binary
-    /// search instead.
+    /// to the arcs overlapping the token's lookup bucket, then a branch-free
+    /// count picks among up to four of them; more than four arcs in one
+    /// lookup bucket (tiny arcs clustered together) take a binary search
+    /// instead.
     #[inline]
     pub fn arc_index(&self, token: Token) -> usize {
         let b = (offset(token) >> self.index_shift) as usize;
@@ -194,16 +199,18 @@ impl Ring {
         if hi.saturating_sub(lo) > 3 {
             return self.arc_in_many(token, lo, hi);
         }
-        // The answer is in lo..=hi and starts[lo] <= token: a lower bound
-        // over at most four starts, probing base + 2 then base + 1 (clamped
-        // to hi). Each step compiles to a compare and a conditional move.
-        let mut base = lo;
-        for step in [2, 1] {
-            let probe = (base + step).min(hi);
-            let below = self.starts.get(probe).is_some_and(|s| *s <= token);
-            base = if below { probe } else { base };
-        }
-        base
+        // The answer is in lo..=hi (at most four arcs) and starts[lo] <=
+        // token, so it is lo plus the number of starts[lo + 1 ..= lo + 3]
+        // not above the token, clamped to hi. Starts past hi are above the
+        // token (they begin after its bucket), and so are the `PAD` entries
+        // after the last arc unless the token is i64::MAX, whose arc is the
+        // last, hi. Counting compiles to compares and adds: no branch on
+        // the token, which random keys would make a coin toss.
+        let Some(&[_, a, b, c]) = self.starts.get(lo..lo + 4) else {
+            return self.arc_in_many(token, lo, hi);
+        };
+        let above = usize::from(a <= token) + usize::from(b <= token) + usize::from(c <= token);
+        (lo + above).min(hi)
     }
 
     /// The arc holding `token` among arcs `lo..=hi` (`starts[lo] <= token`).
@@ -218,19 +225,23 @@ impl Ring {
 
     /// Number of arcs.
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.owners.len()
     }
 
     /// Always false: a validated ring has at least one arc.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.owners.is_empty()
     }
 
     /// The arcs in token order.
     pub fn arcs(&self) -> impl ExactSizeIterator<Item = Arc> + '_ {
         self.owners.iter().enumerate().map(move |(i, shard)| Arc {
             from: self.starts.get(i).copied().unwrap_or(Token::MAX),
-            last: self.starts.get(i + 1).map_or(Token::MAX, |next| next - 1),
+            last: self
+                .starts
+                .get(i + 1)
+                .filter(|_| i + 1 < self.owners.len())
+                .map_or(Token::MAX, |next| next - 1),
             shard: *shard as usize,
         })
     }
@@ -368,6 +379,7 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
         fn lookups_on_big_rings_match_a_linear_scan(
             mut starts in proptest::collection::btree_set(proptest::num::i64::ANY, 300..3000),
