@@ -602,7 +602,7 @@ mod tests {
     fn growing_one_shard_at_a_time_keeps_arcs_few() {
         // Each add splits about one arc per two givers: neighbouring givers'
         // pieces join. Carving one separate piece per giver, as before, left
-        // 1,954 and 19,898 arcs.
+        // 2,014 and 19,898 arcs.
         let arcs = grow(balanced_arcs(&[1; 4]), 4, 64);
         assert!(arcs.len() <= 1_050, "4 -> 64: {} arcs", arcs.len());
         let arcs = grow(arcs, 64, 200);
