@@ -66,8 +66,8 @@ impl Arc {
 /// holding the first token of lookup bucket `b`. The arc holding a token is
 /// then one of `index[b] ..= index[b + 1]`: almost always one or two arcs,
 /// resolved by counting starts, with no branch on the token. Memory:
-/// 12 bytes per arc plus 4 bytes per lookup bucket (256 KiB at 10,000 arcs,
-/// 4 MiB at most).
+/// 16 bytes per arc (start and owner side by side) plus 4 bytes per lookup
+/// bucket (about 410 KiB at 10,000 arcs; the index is 4 MiB at most).
 ///
 /// Counting: for each of the [`BUCKETS`] equal counting buckets, the ring
 /// keeps the first and last arc that overlap it. The part of one arc inside
@@ -77,10 +77,12 @@ impl Arc {
 /// exact loads both per shard and per bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
-    /// Arc starts, then `PAD` times `i64::MAX` so that a lookup can always
-    /// read four starts.
-    starts: Box<[Token]>,
-    owners: Box<[u32]>,
+    /// Arc starts with their owners, side by side so that the owner of the
+    /// arc a lookup finds is in the cache lines it just read; then `PAD`
+    /// entries starting at `i64::MAX`, so that a lookup can always read four.
+    arcs: Box<[ArcEntry]>,
+    /// Number of arcs (`arcs` without the padding).
+    len: usize,
     /// Lookup index: `lookup_buckets + 1` arc numbers (the last one is the
     /// last arc).
     index: Box<[u32]>,
@@ -102,8 +104,15 @@ struct BucketArcs {
     first_segment: u32,
 }
 
-/// Entries after the last arc start, so that a lookup reads four starts.
+/// Entries after the last arc, so that a lookup reads four.
 const PAD: usize = 3;
+
+/// One arc's start and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ArcEntry {
+    start: Token,
+    owner: u32,
+}
 
 /// A token's offset from `i64::MIN`, as an unsigned number.
 #[inline(always)]
@@ -128,8 +137,20 @@ impl Ring {
             index_shift,
             buckets: bucket_arcs(&starts),
             segment_count: 0,
-            owners: arcs.iter().map(|a| a.1).collect(),
-            starts: starts.iter().copied().chain([Token::MAX; PAD]).collect(),
+            arcs: arcs
+                .iter()
+                .map(|a| ArcEntry {
+                    start: a.0,
+                    owner: a.1,
+                })
+                .chain(
+                    [ArcEntry {
+                        start: Token::MAX,
+                        owner: 0,
+                    }; PAD],
+                )
+                .collect(),
+            len: arcs.len(),
         }
         .with_segment_count()
     }
@@ -151,7 +172,7 @@ impl Ring {
     #[inline(always)]
     fn owner_of_arc(&self, arc: usize) -> usize {
         // Always in bounds: `arc` comes from `arc_index`.
-        self.owners.get(arc).copied().unwrap_or(0) as usize
+        self.arcs.get(arc).map_or(0, |a| a.owner) as usize
     }
 
     /// The owning shard and the segment of `token` (see [`Ring`]).
@@ -206,10 +227,12 @@ impl Ring {
         // after the last arc unless the token is i64::MAX, whose arc is the
         // last, hi. Counting compiles to compares and adds: no branch on
         // the token, which random keys would make a coin toss.
-        let Some(&[_, a, b, c]) = self.starts.get(lo..lo + 4) else {
+        let Some(&[_, a, b, c]) = self.arcs.get(lo..lo + 4) else {
             return self.arc_in_many(token, lo, hi);
         };
-        let above = usize::from(a <= token) + usize::from(b <= token) + usize::from(c <= token);
+        let above = usize::from(a.start <= token)
+            + usize::from(b.start <= token)
+            + usize::from(c.start <= token);
         (lo + above).min(hi)
     }
 
@@ -217,32 +240,29 @@ impl Ring {
     #[cold]
     #[inline(never)]
     fn arc_in_many(&self, token: Token, lo: usize, hi: usize) -> usize {
-        let candidates = self.starts.get(lo..=hi).unwrap_or(&[]);
+        let candidates = self.arcs.get(lo..=hi).unwrap_or(&[]);
         lo + candidates
-            .partition_point(|s| *s <= token)
+            .partition_point(|a| a.start <= token)
             .saturating_sub(1)
     }
 
     /// Number of arcs.
     pub fn len(&self) -> usize {
-        self.owners.len()
+        self.len
     }
 
     /// Always false: a validated ring has at least one arc.
     pub fn is_empty(&self) -> bool {
-        self.owners.is_empty()
+        self.len == 0
     }
 
     /// The arcs in token order.
     pub fn arcs(&self) -> impl ExactSizeIterator<Item = Arc> + '_ {
-        self.owners.iter().enumerate().map(move |(i, shard)| Arc {
-            from: self.starts.get(i).copied().unwrap_or(Token::MAX),
-            last: self
-                .starts
-                .get(i + 1)
-                .filter(|_| i + 1 < self.owners.len())
-                .map_or(Token::MAX, |next| next - 1),
-            shard: *shard as usize,
+        let arcs = self.arcs.get(..self.len).unwrap_or(&[]);
+        arcs.iter().enumerate().map(move |(i, a)| Arc {
+            from: a.start,
+            last: arcs.get(i + 1).map_or(Token::MAX, |next| next.start - 1),
+            shard: a.owner as usize,
         })
     }
 
