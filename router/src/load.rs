@@ -242,8 +242,12 @@ impl LoadCounters {
                 .filter_map(|row| self.counters.get(row * self.segments + segment))
                 .map(|c| c.load(Ordering::Relaxed))
                 .sum();
-            bucket_loads[bucket] += n;
-            shards[shard] += n;
+            if let Some(load) = bucket_loads.get_mut(bucket) {
+                *load += n;
+            }
+            if let Some(load) = shards.get_mut(shard) {
+                *load += n;
+            }
         }
         LoadReport {
             version: LOAD_REPORT_VERSION,

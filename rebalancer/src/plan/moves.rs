@@ -123,11 +123,15 @@ pub fn moves_to_targets(arcs: &[(Token, usize)], targets: &[u128]) -> Vec<Move> 
         }
     }
     let target = |i: usize| targets.get(i).copied().unwrap_or(0);
-    let surplus: Vec<u128> = (0..shards)
-        .map(|i| owned[i].saturating_sub(target(i)))
+    let surplus: Vec<u128> = owned
+        .iter()
+        .enumerate()
+        .map(|(i, o)| o.saturating_sub(target(i)))
         .collect();
-    let mut deficit: Vec<u128> = (0..shards)
-        .map(|i| target(i).saturating_sub(owned[i]))
+    let mut deficit: Vec<u128> = owned
+        .iter()
+        .enumerate()
+        .map(|(i, o)| target(i).saturating_sub(*o))
         .collect();
     let pieces = carve(&spans, &surplus, &deficit);
     assign(&spans, &pieces, &mut deficit)
@@ -412,8 +416,10 @@ fn augmenting_path(
 fn assign(spans: &[Span], pieces: &[Span], deficit: &mut [u128]) -> Vec<Move> {
     let mut moves: Vec<Move> = Vec::with_capacity(pieces.len());
     let mut cursor = 0usize;
-    let wants =
-        |deficit: &[u128], r: Option<usize>| r.filter(|r| deficit.get(*r).is_some_and(|d| *d > 0));
+    // A receiver `r` still short of tokens, with its deficit.
+    let wants = |deficit: &[u128], r: Option<usize>| {
+        r.and_then(|r| deficit.get(r).filter(|d| **d > 0).map(|d| (r, *d)))
+    };
     for piece in pieces {
         let (mut from, mut to) = (piece.from, piece.to);
         let give = |moves: &mut Vec<Move>, deficit: &mut [u128], r: usize, from: i128, to| {
@@ -432,27 +438,29 @@ fn assign(spans: &[Span], pieces: &[Span], deficit: &mut [u128]) -> Vec<Move> {
             Some(m) if m.to == from => Some(m.target),
             _ => owner_at(spans, from - 1),
         };
-        if let Some(r) = wants(deficit, left) {
-            let take = take(deficit[r], from, to);
+        if let Some((r, d)) = wants(deficit, left) {
+            let take = take(d, from, to);
             give(&mut moves, deficit, r, from, from + take);
             from += take;
         }
         let mut tail = None;
-        if let Some(r) = wants(deficit, owner_at(spans, to)).filter(|_| from < to) {
-            let take = take(deficit[r], from, to);
+        if let Some((r, d)) = wants(deficit, owner_at(spans, to)).filter(|_| from < to) {
+            let take = take(d, from, to);
             tail = Some((r, to - take, to));
-            deficit[r] -= take as u128;
+            if let Some(d) = deficit.get_mut(r) {
+                *d -= take as u128;
+            }
             to -= take;
         }
         while from < to {
-            while cursor < deficit.len() && deficit[cursor] == 0 {
+            while deficit.get(cursor) == Some(&0) {
                 cursor += 1;
             }
-            if cursor >= deficit.len() {
+            let Some(&d) = deficit.get(cursor) else {
                 // Targets summing to less than the ring: the giver keeps the rest.
                 break;
-            }
-            let take = take(deficit[cursor], from, to);
+            };
+            let take = take(d, from, to);
             give(&mut moves, deficit, cursor, from, from + take);
             from += take;
         }
