@@ -4,12 +4,22 @@
 //! Counting must stay within a couple of nanoseconds, so the hot path has no
 //! locked read-modify-write: each thread that routes holds one of [`ROWS`]
 //! slots (handed back when the thread exits) and writes only its own row of
-//! counters, with a plain relaxed load and store; threads beyond [`ROWS`]
-//! alive at once share one row through `fetch_add`. Either way every call is
-//! counted exactly, and a report sums all rows. A counter is kept per ring
-//! segment (the part of an arc inside one bucket), so one increment yields
+//! counters, with a plain relaxed load and store. A thread that finds all
+//! slots taken (more than [`ROWS`] routing threads alive at once) counts in
+//! one shared row through `fetch_add` for the rest of its life, and holds no
+//! slot, so it never hands one out later. Either way every call is counted
+//! exactly, and a report sums all rows. A counter is kept per ring segment
+//! (the part of an arc inside one counting bucket), so one increment yields
 //! exact counts per shard and per bucket. All rows are allocated up front, in
 //! one block, so counting never allocates.
+//!
+//! Memory: a ring of A arcs has at most A + [`BUCKETS`] segments, 8 bytes
+//! each per row. A router keeps [`ROWS`] private rows plus the shared one
+//! while they fit in [`COUNTER_BUDGET`] (8 MiB: up to about 15,000 arcs),
+//! fewer on bigger rings (threads whose slot has no row count in the shared
+//! row), and always at least one private row: at most
+//! max(8 MiB, 2 × 8 × (A + 1,024)) bytes, e.g. 5.7 MiB at 10,000 arcs and
+//! 8 MiB at 20,000.
 //!
 //! Hot keys are found by sampling the calls that run statements (not bare
 //! `shard_for` lookups): each time a thread's counter of a segment reaches a
@@ -21,7 +31,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -33,8 +43,16 @@ use crate::ring::{bucket_of, BUCKETS};
 /// Format version of [`LoadReport`].
 pub const LOAD_REPORT_VERSION: u32 = 1;
 
-/// Slots with a row of their own; row `ROWS` is the shared one.
+/// Slots handed to routing threads; a router gives each slot below its row
+/// count a row of its own.
 const ROWS: usize = 64;
+
+/// Bytes of counters a router allocates at most when it keeps more than one
+/// private row (see the module docs).
+pub const COUNTER_BUDGET: usize = 8 << 20;
+
+/// The slot of a thread that found all [`ROWS`] slots taken.
+const SHARED: usize = usize::MAX - 1;
 
 /// One routed call in this many (per thread and segment) is sampled for hot keys.
 pub const SAMPLE_EVERY: u64 = 1024;
@@ -45,9 +63,32 @@ const TRACKED: usize = 1024;
 /// Hot tokens a report lists at most.
 const REPORTED: usize = 16;
 
-/// Slots never handed out yet start here; returned slots wait in `FREE_SLOTS`.
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-static FREE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Slots of exited threads, and the first slot never handed out.
+static SLOTS: Mutex<Slots> = Mutex::new(Slots {
+    free: Vec::new(),
+    next: 0,
+});
+
+/// Which of the [`ROWS`] slots are free.
+struct Slots {
+    /// Handed back by exited threads; always below [`ROWS`].
+    free: Vec<usize>,
+    /// Slots `next..ROWS` were never handed out.
+    next: usize,
+}
+
+impl Slots {
+    /// A free slot, if any.
+    fn take(&mut self) -> Option<usize> {
+        self.free.pop().or_else(|| {
+            let n = self.next;
+            (n < ROWS).then(|| {
+                self.next += 1;
+                n
+            })
+        })
+    }
+}
 
 thread_local! {
     /// This thread's slot, or `usize::MAX` before its first routed call.
@@ -56,20 +97,21 @@ thread_local! {
     static RELEASE: RefCell<Option<SlotRelease>> = const { RefCell::new(None) };
 }
 
-/// Returns a thread's slot to `FREE_SLOTS` when the thread exits. The mutex
+/// Returns a thread's slot to `SLOTS` when the thread exits. The mutex
 /// orders the old thread's last counter writes before the next owner's.
 struct SlotRelease(usize);
 
 impl Drop for SlotRelease {
     fn drop(&mut self) {
-        FREE_SLOTS
+        SLOTS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .free
             .push(self.0);
     }
 }
 
-/// This thread's slot.
+/// This thread's slot: below [`ROWS`], or [`SHARED`].
 #[inline(always)]
 fn slot() -> usize {
     let n = SLOT.with(Cell::get);
@@ -82,11 +124,13 @@ fn slot() -> usize {
 
 #[cold]
 fn first_slot() -> usize {
-    let reused = FREE_SLOTS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .pop();
-    let n = reused.unwrap_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed));
+    let taken = SLOTS.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(n) = taken else {
+        // All slots are held by live threads: count in the shared row, and
+        // hold nothing that could be handed back.
+        SLOT.with(|t| t.set(SHARED));
+        return SHARED;
+    };
     SLOT.with(|t| t.set(n));
     // Without a destructor (thread-local storage being torn down), the slot is
     // simply not reused; counting stays exact.
@@ -98,8 +142,10 @@ fn first_slot() -> usize {
 #[derive(Debug)]
 pub(crate) struct LoadCounters {
     segments: usize,
-    /// `ROWS + 1` rows of `segments` counters, row after row: rows
-    /// `0..ROWS` belong to one slot each; row `ROWS` is shared.
+    /// Private rows: slots below this have a row of their own.
+    rows: usize,
+    /// `rows + 1` rows of `segments` counters, row after row: rows
+    /// `0..rows` belong to one slot each; row `rows` is shared.
     counters: Box<[AtomicU64]>,
     /// Sampled tokens: `(token, votes)` per entry, indexed by token bits.
     samples: Mutex<Box<[(Token, u64)]>>,
@@ -107,9 +153,12 @@ pub(crate) struct LoadCounters {
 
 impl LoadCounters {
     pub(crate) fn new(map: &ShardMap) -> LoadCounters {
+        let segments = map.ring().segment_count();
+        let rows = private_rows(segments);
         LoadCounters {
-            segments: map.ring().segment_count(),
-            counters: (0..(ROWS + 1) * map.ring().segment_count())
+            segments,
+            rows,
+            counters: (0..(rows + 1) * segments)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             samples: Mutex::new(vec![(0, 0); TRACKED].into_boxed_slice()),
@@ -136,8 +185,8 @@ impl LoadCounters {
     #[inline(always)]
     fn count(&self, segment: usize) -> u64 {
         let slot = slot();
-        let own = slot < ROWS;
-        let row = if own { slot } else { ROWS };
+        let own = slot < self.rows;
+        let row = if own { slot } else { self.rows };
         let Some(counter) = self.counters.get(row * self.segments + segment) else {
             return 0;
         };
@@ -189,12 +238,16 @@ impl LoadCounters {
         let mut shards = vec![0u64; map.shards().len()];
         let mut bucket_loads = vec![0u64; BUCKETS];
         for (segment, (bucket, shard)) in map.ring().segments().enumerate() {
-            let n: u64 = (0..=ROWS)
+            let n: u64 = (0..=self.rows)
                 .filter_map(|row| self.counters.get(row * self.segments + segment))
                 .map(|c| c.load(Ordering::Relaxed))
                 .sum();
-            bucket_loads[bucket] += n;
-            shards[shard] += n;
+            if let Some(load) = bucket_loads.get_mut(bucket) {
+                *load += n;
+            }
+            if let Some(load) = shards.get_mut(shard) {
+                *load += n;
+            }
         }
         LoadReport {
             version: LOAD_REPORT_VERSION,
@@ -211,6 +264,17 @@ impl LoadCounters {
             bucket_loads,
         }
     }
+}
+
+/// Private rows of `segments` counters that fit in [`COUNTER_BUDGET`] with
+/// the shared row: from 1 to [`ROWS`].
+fn private_rows(segments: usize) -> usize {
+    let row_bytes = segments
+        .max(1)
+        .saturating_mul(std::mem::size_of::<AtomicU64>());
+    (COUNTER_BUDGET / row_bytes)
+        .saturating_sub(1)
+        .clamp(1, ROWS)
 }
 
 /// Load over the token ring, as JSON: routed calls counted by a router
@@ -264,43 +328,130 @@ pub struct HotToken {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_from_many_threads_add_up_exactly() {
-        let map = ShardMap::from_yaml_str(
+    /// Serializes the tests that hold many slots at once: slots are global.
+    static MANY_THREADS: Mutex<()> = Mutex::new(());
+
+    fn three_arc_map() -> ShardMap {
+        ShardMap::from_yaml_str(
             "version: 3\nhash: {function: pg_hashint8extended, seed: 0}\n\
              tables: [{name: posts, key: id}]\n\
              shards: [{name: a, url: 'postgres://h/a'}, {name: b, url: 'postgres://h/b'}]\n\
              ring: [{from: -9223372036854775808, shard: a}, {from: 5, shard: b}, {from: 1000, shard: a}]\n",
         )
-        .unwrap();
-        let counters = LoadCounters::new(&map);
-        let keys: Vec<i64> = (0..10_000).collect();
-        // More threads than private rows, so the shared row is exercised too.
+        .unwrap()
+    }
+
+    /// Routes `keys` from `threads` threads all alive at once (each routes
+    /// its first key, then waits for the others before routing the rest);
+    /// returns the slot each thread held.
+    fn route_from_live_threads(
+        map: &ShardMap,
+        counters: &LoadCounters,
+        keys: &[i64],
+        threads: usize,
+    ) -> Vec<usize> {
+        let barrier = std::sync::Barrier::new(threads);
         std::thread::scope(|s| {
-            for chunk in keys.chunks(100) {
-                let (map, counters) = (&map, &counters);
-                s.spawn(move || {
-                    for &k in chunk {
-                        let token = map.token(k);
-                        let (_, segment) = map.ring().owner_and_segment(token);
-                        counters.record_sampled(token, segment);
-                    }
-                });
-            }
-        });
+            let handles: Vec<_> = keys
+                .chunks(keys.len().div_ceil(threads))
+                .map(|chunk| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        for (i, &k) in chunk.iter().enumerate() {
+                            let token = map.token(k);
+                            let (_, segment) = map.ring().owner_and_segment(token);
+                            counters.record_sampled(token, segment);
+                            if i == 0 {
+                                barrier.wait();
+                            }
+                        }
+                        slot()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn counts_from_more_threads_than_rows_add_up_exactly() {
+        let _serial = MANY_THREADS.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = three_arc_map();
+        let counters = LoadCounters::new(&map);
+        assert_eq!(counters.rows, ROWS);
+        let threads = ROWS + 16;
+        let keys: Vec<i64> = (0..(threads as i64) * 1000).collect();
+        let slots = route_from_live_threads(&map, &counters, &keys, threads);
+        assert_eq!(slots.len(), threads);
+        // All alive at once: at least 16 found every slot taken.
+        let shared = slots.iter().filter(|s| **s == SHARED).count();
+        assert!(
+            shared >= 16,
+            "only {shared} threads counted in the shared row"
+        );
+        let mut private: Vec<usize> = slots.iter().copied().filter(|s| *s != SHARED).collect();
+        private.sort_unstable();
+        private.dedup();
+        assert_eq!(
+            private.len(),
+            threads - shared,
+            "two live threads held one slot"
+        );
+        let shared_calls: u64 = (0..counters.segments)
+            .filter_map(|segment| counters.counters.get(ROWS * counters.segments + segment))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        assert!(
+            shared_calls >= 16 * 1000,
+            "shared row counted {shared_calls}"
+        );
         let report = counters.report(&map);
         let want_b = keys
             .iter()
             .filter(|k| map.shard_index_for(**k) == 1)
             .count() as u64;
         assert_eq!(report.shards["b"], want_b);
-        assert_eq!(report.shards["a"], 10_000 - want_b);
+        assert_eq!(report.shards["a"], keys.len() as u64 - want_b);
         assert_eq!(report.map_version, 3);
         let mut want_buckets = vec![0u64; BUCKETS];
         for k in &keys {
             want_buckets[crate::ring::bucket_of(map.token(*k))] += 1;
         }
         assert_eq!(report.bucket_loads, want_buckets);
+    }
+
+    #[test]
+    fn threads_after_a_crowd_get_rows_of_their_own() {
+        let _serial = MANY_THREADS.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = three_arc_map();
+        let counters = LoadCounters::new(&map);
+        let keys: Vec<i64> = (0..(ROWS as i64 + 8) * 10).collect();
+        let slots = route_from_live_threads(&map, &counters, &keys, ROWS + 8);
+        assert!(slots.contains(&SHARED));
+        // The crowd has exited: a second crowd, alive at once, finds free
+        // slots (all handed out before, so these are reused ones); 8 are left
+        // for other tests' threads.
+        let again = route_from_live_threads(&map, &counters, &keys, ROWS - 8);
+        assert!(
+            again.iter().all(|s| *s < ROWS),
+            "threads after the crowd got {again:?}"
+        );
+    }
+
+    #[test]
+    fn rows_fit_the_budget_on_big_rings() {
+        assert_eq!(private_rows(64 + BUCKETS), ROWS);
+        for arcs in [10_000usize, 20_000, 200_000, 10_000_000] {
+            let segments = arcs + BUCKETS;
+            let rows = private_rows(segments);
+            assert!((1..=ROWS).contains(&rows));
+            let bytes = (rows + 1) * segments * 8;
+            assert!(
+                bytes <= COUNTER_BUDGET.max(2 * 8 * segments),
+                "{arcs} arcs: {bytes} bytes"
+            );
+        }
+        assert_eq!(private_rows(10_000 + BUCKETS), ROWS);
     }
 
     #[test]
@@ -338,17 +489,5 @@ mod tests {
             .hot_tokens
             .iter()
             .all(|h| h.load < 2_000 || h.token == hot.token));
-    }
-
-    #[test]
-    fn slots_of_exited_threads_are_reused() {
-        // Without reuse, 3 × ROWS threads in a row would run past ROWS.
-        for _ in 0..3 * ROWS {
-            let slot = std::thread::spawn(slot).join().unwrap();
-            assert!(
-                slot < ROWS,
-                "slot {slot}: exited threads' slots are not reused"
-            );
-        }
     }
 }

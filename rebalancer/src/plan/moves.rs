@@ -123,72 +123,303 @@ pub fn moves_to_targets(arcs: &[(Token, usize)], targets: &[u128]) -> Vec<Move> 
         }
     }
     let target = |i: usize| targets.get(i).copied().unwrap_or(0);
-    let surplus: Vec<u128> = (0..shards)
-        .map(|i| owned[i].saturating_sub(target(i)))
+    let surplus: Vec<u128> = owned
+        .iter()
+        .enumerate()
+        .map(|(i, o)| o.saturating_sub(target(i)))
         .collect();
-    let mut deficit: Vec<u128> = (0..shards)
-        .map(|i| target(i).saturating_sub(owned[i]))
+    let mut deficit: Vec<u128> = owned
+        .iter()
+        .enumerate()
+        .map(|(i, o)| target(i).saturating_sub(*o))
         .collect();
     let pieces = carve(&spans, &surplus, &deficit);
     assign(&spans, &pieces, &mut deficit)
 }
 
 /// The pieces each giver sheds, sorted by start; together exactly its surplus.
+///
+/// Each piece that splits a span adds an arc to the ring unless it joins
+/// other given tokens, so carving goes in three rounds:
+/// 1. Whole spans: a giver sheds its largest spans whole while they fit its
+///    surplus (a span given whole adds no arc). What is left of its surplus
+///    is then smaller than each of its remaining spans: one piece from an
+///    end of one of them.
+/// 2. That piece goes next to tokens already changing hands or owned by a
+///    receiver when a giver's span touches them: the receiver's arc grows,
+///    no arc is added.
+/// 3. Givers meet in pairs at a boundary between their spans: the tail of
+///    one's span and the head of the next become one arc of the receiver, so
+///    two givers add one arc instead of two. Pairs are picked greedily,
+///    fewest remaining partners first, carving big spans rather than small
+///    ones (those may fit a later surplus whole), then improved along
+///    augmenting paths; a giver left unpaired sheds from its largest span,
+///    at an end touching a receiver if one does.
 fn carve(spans: &[Span], surplus: &[u128], deficit: &[u128]) -> Vec<Span> {
-    let is_receiver = |k: Option<usize>| {
-        k.and_then(|k| spans.get(k))
-            .is_some_and(|s| deficit.get(s.owner).is_some_and(|d| *d > 0))
-    };
-    let mut by_owner: Vec<Vec<usize>> = vec![Vec::new(); surplus.len()];
+    let mut rest: Vec<u128> = surplus.to_vec();
+    let receives = |owner: usize| deficit.get(owner).is_some_and(|d| *d > 0);
+    // Per span: tokens given from its head and from its tail (all of it when whole).
+    let mut head = vec![0u128; spans.len()];
+    let mut tail = vec![0u128; spans.len()];
+
+    // 1. Whole spans, largest first; the sort is stable, so ties keep token order.
+    let mut by_owner: Vec<Vec<usize>> = vec![Vec::new(); rest.len()];
     for (k, s) in spans.iter().enumerate() {
         if let Some(list) = by_owner.get_mut(s.owner) {
             list.push(k);
         }
     }
-    let mut pieces = Vec::new();
-    for (giver, mut own) in by_owner.into_iter().enumerate() {
-        let mut remaining = surplus.get(giver).copied().unwrap_or(0);
-        if remaining == 0 {
+    for (giver, own) in by_owner.iter_mut().enumerate() {
+        let Some(left) = rest.get_mut(giver) else {
             continue;
-        }
-        // Largest first; the sort is stable, so equal arcs keep token order.
-        own.sort_by_key(|k| std::cmp::Reverse(spans[*k].len()));
-        for k in own {
-            if remaining == 0 {
-                break;
-            }
-            let s = spans[k];
-            if s.len() <= remaining {
-                remaining -= s.len();
-                pieces.push(s);
+        };
+        own.sort_by_key(|k| std::cmp::Reverse(spans.get(*k).map_or(0, Span::len)));
+        for k in own.iter() {
+            let (Some(s), Some(h)) = (spans.get(*k), head.get_mut(*k)) else {
                 continue;
+            };
+            if s.len() <= *left {
+                *left -= s.len();
+                *h = s.len();
             }
-            let take = remaining as i128;
-            let tail = is_receiver(Some(k + 1)) || !is_receiver(k.checked_sub(1));
-            pieces.push(if tail {
-                Span {
-                    from: s.to - take,
-                    ..s
-                }
-            } else {
-                Span {
-                    to: s.from + take,
-                    ..s
-                }
-            });
-            remaining = 0;
         }
     }
-    pieces.sort_by_key(|p| p.from);
+    let whole = |head: &[u128], k: usize| {
+        spans
+            .get(k)
+            .is_some_and(|s| head.get(k).is_some_and(|h| *h == s.len() && *h > 0))
+    };
+    // Span k changes hands or grows: a piece next to it joins its arc.
+    let joinable =
+        |head: &[u128], k: usize| whole(head, k) || spans.get(k).is_some_and(|s| receives(s.owner));
+    // Span k still can give a piece of its owner's rest.
+    let can_give = |rest: &[u128], head: &[u128], k: usize| {
+        !whole(head, k)
+            && spans
+                .get(k)
+                .is_some_and(|s| rest.get(s.owner).is_some_and(|r| *r > 0))
+    };
+
+    // 2. Pieces joining given tokens or a receiver.
+    for k in 0..spans.len() {
+        if !can_give(&rest, &head, k) {
+            continue;
+        }
+        let at_tail = joinable(&head, k + 1);
+        let at_head = k.checked_sub(1).is_some_and(|j| joinable(&head, j));
+        if !(at_tail || at_head) {
+            continue;
+        }
+        let Some(left) = spans.get(k).and_then(|s| rest.get_mut(s.owner)) else {
+            continue;
+        };
+        let end = if at_tail {
+            tail.get_mut(k)
+        } else {
+            head.get_mut(k)
+        };
+        if let Some(end) = end {
+            *end = std::mem::take(left);
+        }
+    }
+
+    // 3. Pairs of givers at a boundary between their spans: k | k + 1.
+    let mut partners: Vec<Vec<(usize, usize)>> = vec![Vec::new(); rest.len()];
+    for k in 0..spans.len().saturating_sub(1) {
+        if !(can_give(&rest, &head, k) && can_give(&rest, &head, k + 1)) {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (spans.get(k), spans.get(k + 1)) {
+            if let Some(list) = partners.get_mut(a.owner) {
+                list.push((b.owner, k));
+            }
+            if let Some(list) = partners.get_mut(b.owner) {
+                list.push((a.owner, k));
+            }
+        }
+    }
+    // Among equally constrained partners, carve the biggest spans: small
+    // ones left intact may fit a later surplus whole.
+    let pair_size = |k: usize| {
+        std::cmp::Reverse(spans.get(k).map_or(0, Span::len) + spans.get(k + 1).map_or(0, Span::len))
+    };
+    for (k, _) in matching(&partners, pair_size) {
+        if let (Some(a), Some(b)) = (spans.get(k), spans.get(k + 1)) {
+            if let (Some(t), Some(left)) = (tail.get_mut(k), rest.get_mut(a.owner)) {
+                *t = std::mem::take(left);
+            }
+            if let (Some(h), Some(left)) = (head.get_mut(k + 1), rest.get_mut(b.owner)) {
+                *h = std::mem::take(left);
+            }
+        }
+    }
+
+    // Unpaired givers: their largest span that can still give, at an end
+    // touching a receiver if one does, else its tail.
+    for (giver, left) in rest.iter_mut().enumerate() {
+        if *left == 0 {
+            continue;
+        }
+        let best = by_owner.get(giver).and_then(|own| {
+            own.iter()
+                .copied()
+                .find(|k| !whole(&head, *k) && spans.get(*k).is_some_and(|s| s.len() > *left))
+        });
+        let Some(k) = best else {
+            continue;
+        };
+        let receiver_before = k
+            .checked_sub(1)
+            .and_then(|j| spans.get(j))
+            .is_some_and(|s| receives(s.owner));
+        let receiver_after = spans.get(k + 1).is_some_and(|s| receives(s.owner));
+        let end = if receiver_before && !receiver_after {
+            head.get_mut(k)
+        } else {
+            tail.get_mut(k)
+        };
+        if let Some(end) = end {
+            *end = std::mem::take(left);
+        }
+    }
+
+    let mut pieces = Vec::new();
+    for ((s, h), t) in spans.iter().zip(&head).zip(&tail) {
+        let (h, t) = (*h as i128, *t as i128);
+        if h >= s.to - s.from {
+            pieces.push(*s);
+            continue;
+        }
+        if h > 0 {
+            pieces.push(Span {
+                to: s.from + h,
+                ..*s
+            });
+        }
+        if t > 0 {
+            pieces.push(Span {
+                from: s.to - t,
+                ..*s
+            });
+        }
+    }
     pieces
+}
+
+/// A near-maximum matching of givers: `partners[g]` lists `(other giver,
+/// boundary)` for each boundary between a span of `g` and one of the other.
+/// Returns the chosen boundaries with the first giver of each pair, no giver
+/// twice. Greedy, fewest remaining partners first, ties to the least `cost`
+/// of the boundary; then augmenting paths add what pairs they can.
+fn matching<C: Ord>(
+    partners: &[Vec<(usize, usize)>],
+    cost: impl Fn(usize) -> C,
+) -> Vec<(usize, usize)> {
+    let n = partners.len();
+    let list = |g: usize| partners.get(g).map_or(&[][..], Vec::as_slice);
+    let mut mate: Vec<Option<(usize, usize)>> = vec![None; n];
+    let free = |mate: &[Option<(usize, usize)>], g: usize| mate.get(g).is_some_and(Option::is_none);
+    let mut degree: Vec<usize> = partners.iter().map(Vec::len).collect();
+    let mut done = vec![false; n];
+    loop {
+        let next = (0..n)
+            .filter(|g| !done.get(*g).copied().unwrap_or(true))
+            .filter_map(|g| degree.get(g).filter(|d| **d > 0).map(|d| (*d, g)))
+            .min();
+        let Some((_, a)) = next else {
+            break;
+        };
+        let choice = list(a)
+            .iter()
+            .filter(|(b, _)| !done.get(*b).copied().unwrap_or(true))
+            .min_by_key(|(b, k)| (degree.get(*b).copied().unwrap_or(0), cost(*k), *k))
+            .copied();
+        for g in [Some(a), choice.map(|c| c.0)].into_iter().flatten() {
+            if let Some(d) = done.get_mut(g) {
+                *d = true;
+            }
+            for (other, _) in list(g) {
+                if let Some(d) = degree.get_mut(*other) {
+                    *d = d.saturating_sub(1);
+                }
+            }
+        }
+        if let Some((b, k)) = choice {
+            if let Some(m) = mate.get_mut(a) {
+                *m = Some((b, k));
+            }
+            if let Some(m) = mate.get_mut(b) {
+                *m = Some((a, k));
+            }
+        }
+    }
+    // Augmenting paths: u - v = w - ... - x, with u and x unmatched, becomes
+    // u = v - w = ... = x: one more pair.
+    for u in 0..n {
+        if !free(&mate, u) {
+            continue;
+        }
+        let mut seen = vec![false; n];
+        if let Some(seen_u) = seen.get_mut(u) {
+            *seen_u = true;
+        }
+        for (a, b, k) in augmenting_path(partners, &mate, &mut seen, u) {
+            if let Some(m) = mate.get_mut(a) {
+                *m = Some((b, k));
+            }
+            if let Some(m) = mate.get_mut(b) {
+                *m = Some((a, k));
+            }
+        }
+    }
+    mate.iter()
+        .enumerate()
+        .filter_map(|(g, m)| m.filter(|(other, _)| g < *other).map(|(_, k)| (k, g)))
+        .collect()
+}
+
+/// Pairs `(a, b, boundary)` to match along an alternating path from the
+/// unmatched giver `u` to another unmatched giver (depth-first, each giver
+/// visited once; empty if there is none).
+fn augmenting_path(
+    partners: &[Vec<(usize, usize)>],
+    mate: &[Option<(usize, usize)>],
+    seen: &mut [bool],
+    u: usize,
+) -> Vec<(usize, usize, usize)> {
+    for &(v, uv) in partners.get(u).map_or(&[][..], Vec::as_slice) {
+        if seen.get(v).copied().unwrap_or(true) {
+            continue;
+        }
+        if let Some(s) = seen.get_mut(v) {
+            *s = true;
+        }
+        let Some((w, _)) = mate.get(v).copied().flatten() else {
+            return vec![(u, v, uv)];
+        };
+        if seen.get(w).copied().unwrap_or(true) {
+            continue;
+        }
+        if let Some(s) = seen.get_mut(w) {
+            *s = true;
+        }
+        let mut path = augmenting_path(partners, mate, seen, w);
+        if !path.is_empty() {
+            path.push((u, v, uv));
+            return path;
+        }
+    }
+    Vec::new()
 }
 
 /// Hands `pieces` (sorted, disjoint) to receivers until their deficits are met.
 fn assign(spans: &[Span], pieces: &[Span], deficit: &mut [u128]) -> Vec<Move> {
     let mut moves: Vec<Move> = Vec::with_capacity(pieces.len());
     let mut cursor = 0usize;
-    let wants =
-        |deficit: &[u128], r: Option<usize>| r.filter(|r| deficit.get(*r).is_some_and(|d| *d > 0));
+    // A receiver `r` still short of tokens, with its deficit.
+    let wants = |deficit: &[u128], r: Option<usize>| {
+        r.and_then(|r| deficit.get(r).filter(|d| **d > 0).map(|d| (r, *d)))
+    };
     for piece in pieces {
         let (mut from, mut to) = (piece.from, piece.to);
         let give = |moves: &mut Vec<Move>, deficit: &mut [u128], r: usize, from: i128, to| {
@@ -207,27 +438,29 @@ fn assign(spans: &[Span], pieces: &[Span], deficit: &mut [u128]) -> Vec<Move> {
             Some(m) if m.to == from => Some(m.target),
             _ => owner_at(spans, from - 1),
         };
-        if let Some(r) = wants(deficit, left) {
-            let take = take(deficit[r], from, to);
+        if let Some((r, d)) = wants(deficit, left) {
+            let take = take(d, from, to);
             give(&mut moves, deficit, r, from, from + take);
             from += take;
         }
         let mut tail = None;
-        if let Some(r) = wants(deficit, owner_at(spans, to)).filter(|_| from < to) {
-            let take = take(deficit[r], from, to);
+        if let Some((r, d)) = wants(deficit, owner_at(spans, to)).filter(|_| from < to) {
+            let take = take(d, from, to);
             tail = Some((r, to - take, to));
-            deficit[r] -= take as u128;
+            if let Some(d) = deficit.get_mut(r) {
+                *d -= take as u128;
+            }
             to -= take;
         }
         while from < to {
-            while cursor < deficit.len() && deficit[cursor] == 0 {
+            while deficit.get(cursor) == Some(&0) {
                 cursor += 1;
             }
-            if cursor >= deficit.len() {
+            let Some(&d) = deficit.get(cursor) else {
                 // Targets summing to less than the ring: the giver keeps the rest.
                 break;
-            }
-            let take = take(deficit[cursor], from, to);
+            };
+            let take = take(d, from, to);
             give(&mut moves, deficit, cursor, from, from + take);
             from += take;
         }
@@ -359,21 +592,66 @@ mod tests {
     }
 
     #[test]
-    fn adding_a_shard_to_four_carves_one_piece_from_each() {
+    fn adding_a_shard_to_four_joins_neighbouring_givers_pieces() {
         let arcs = balanced_arcs(&[1, 1, 1, 1]);
         let targets = target_tokens(&[1, 1, 1, 1, 1]);
         let moves = moves_to_targets(&arcs, &targets);
         assert_eq!(moves.len(), 4);
         assert!(moves.iter().all(|m| m.target == 4));
         assert_eq!(moved_tokens(&moves), targets[4]);
-        // Each piece is the tail of a giver's arc.
-        for (m, next) in moves
-            .iter()
-            .zip(arcs.iter().skip(1).map(|a| i128::from(a.0)))
-        {
-            assert_eq!(m.to, next);
+        // Givers meet in pairs: a tail and the next arc's head, one arc each.
+        for pair in moves.chunks(2) {
+            assert_eq!(pair[0].to, i128::from(pair[1].from));
+            assert!(arcs.iter().any(|a| a.0 == pair[1].from));
         }
-        assert_eq!(moves[3].to, RING_END);
+        let after = apply_moves(&arcs, &moves);
+        assert_eq!(after.len(), 6, "{after:?}");
+        assert_eq!(owned(&after, 5), targets);
+    }
+
+    #[test]
+    fn a_giver_with_small_arcs_gives_them_whole() {
+        // s1 owns two arcs of 10 tokens and must shed 25: both go whole and
+        // the 5 left join one of them, so s1's pieces add no arc.
+        let arcs = [(i64::MIN, 0), (0, 1), (10, 0), (1000, 1), (1010, 0)];
+        let mut targets = owned(&arcs, 3);
+        targets[0] -= 5;
+        targets[1] -= 20;
+        targets[2] += 25;
+        let moves = moves_to_targets(&arcs, &targets);
+        assert_eq!(moved_tokens(&moves), 25);
+        let after = apply_moves(&arcs, &moves);
+        assert_eq!(owned(&after, 3), targets);
+        assert!(after.len() <= arcs.len(), "{after:?}");
+    }
+
+    /// Grows `arcs` of `from` equal shards to `to`, one shard at a time as
+    /// `plan add-shard` does, checking each step's moves are exactly the new
+    /// shard's share and every share is exact; returns the arcs.
+    fn grow(mut arcs: Vec<(Token, usize)>, from: usize, to: usize) -> Vec<(Token, usize)> {
+        for n in from..to {
+            let targets = target_tokens(&vec![1; n + 1]);
+            let moves = moves_to_targets(&arcs, &targets);
+            assert_eq!(
+                moved_tokens(&moves),
+                surplus(&arcs, &targets),
+                "adding shard {n}"
+            );
+            arcs = apply_moves(&arcs, &moves);
+            assert_eq!(owned(&arcs, n + 1), targets, "adding shard {n}");
+        }
+        arcs
+    }
+
+    #[test]
+    fn growing_one_shard_at_a_time_keeps_arcs_few() {
+        // Each add splits about one arc per two givers: neighbouring givers'
+        // pieces join (1,040 and 10,013 arcs when written). Carving one
+        // separate piece per giver, as before, left 2,014 and 19,898.
+        let arcs = grow(balanced_arcs(&[1; 4]), 4, 64);
+        assert!(arcs.len() <= 1_050, "4 -> 64: {} arcs", arcs.len());
+        let arcs = grow(arcs, 64, 200);
+        assert!(arcs.len() <= 10_050, "4 -> 200: {} arcs", arcs.len());
     }
 
     #[test]

@@ -597,3 +597,27 @@ fn a_shard_sheds_from_both_sides_of_a_hot_token_it_keeps() {
     );
     assert_eq!(after.ring().owner(0), 1, "the hot token stays");
 }
+
+#[test]
+fn growing_with_add_shard_plans_keeps_arcs_few() {
+    // `plan add-shard` from 4 to 64 shards, one at a time; the planner core
+    // test grows on to 200. Carving one separate piece per giver left 2,014.
+    let mut map = balanced(&[1; 4]);
+    for n in 4..64 {
+        let plan = add_shard(
+            &map,
+            &format!("s{n}"),
+            &format!("postgres://db{n}/posts"),
+            1,
+        )
+        .unwrap();
+        let after = plan.apply_with_env(&map, &offline_env).unwrap();
+        assert_eq!(plan.moved_tokens(), target_tokens(&vec![1; n + 1])[n]);
+        assert_eq!(
+            after.ring().owned_tokens(n + 1),
+            target_tokens(&vec![1; n + 1])
+        );
+        map = after;
+    }
+    assert!(map.ring().len() <= 1_050, "{} arcs", map.ring().len());
+}
