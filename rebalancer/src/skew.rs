@@ -60,7 +60,7 @@ impl Skew {
             gini: weighted / (n * total),
             hottest,
             hottest_share: if raw_total > 0.0 {
-                loads[hottest] / raw_total
+                loads.get(hottest).copied().unwrap_or(0.0) / raw_total
             } else {
                 0.0
             },

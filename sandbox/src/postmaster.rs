@@ -179,7 +179,10 @@ impl Postmaster {
             Err(err) => return format!("(cannot read {}: {err})", path.display()),
         };
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        lines
+            .get(lines.len().saturating_sub(LOG_TAIL_LINES)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 }
 

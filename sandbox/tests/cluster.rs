@@ -1,4 +1,10 @@
 //! Starting, stopping and dropping real sandbox servers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::BTreeSet;
 use std::fs;

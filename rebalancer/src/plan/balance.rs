@@ -5,6 +5,12 @@
 //! at an interpolated token; a hot token's load stays whole. Peak-to-mean is
 //! [`Skew::of`] with weights, the measure `postshard skew` reports.
 
+// Every per-shard vector here (loads, fair shares, sheds, needs, caps) has
+// the map's shard count, and every index into one is a shard index taken
+// from the same map or a bucket index below the histogram's length, so the
+// arithmetic kernels index directly.
+#![allow(clippy::indexing_slicing)]
+
 use std::collections::BTreeMap;
 
 use postshard_router::{ShardMap, Token};

@@ -84,20 +84,23 @@ impl TokenHistogram {
             return Err(HistogramError::NotFromRingStart { start: first.0 });
         }
         for (index, pair) in buckets.windows(2).enumerate() {
-            if pair[1].0 <= pair[0].0 {
-                return Err(HistogramError::Unsorted {
-                    index: index + 1,
-                    start: pair[1].0,
-                    previous: pair[0].0,
-                });
+            if let [previous, this] = pair {
+                if this.0 <= previous.0 {
+                    return Err(HistogramError::Unsorted {
+                        index: index + 1,
+                        start: this.0,
+                        previous: previous.0,
+                    });
+                }
             }
         }
         let mut hot = hot.to_vec();
         hot.sort_by_key(|h| h.token);
-        if let Some(pair) = hot.windows(2).find(|p| p[0].token == p[1].token) {
-            return Err(HistogramError::DuplicateHotToken {
-                token: pair[0].token,
-            });
+        if let Some(token) = hot.windows(2).find_map(|pair| match pair {
+            [a, b] if a.token == b.token => Some(a.token),
+            _ => None,
+        }) {
+            return Err(HistogramError::DuplicateHotToken { token });
         }
         let mut left: Vec<u64> = buckets.iter().map(|b| b.1).collect();
         for h in &hot {
@@ -199,14 +202,20 @@ impl TokenHistogram {
         let Some(k) = self.starts.partition_point(|s| *s <= token).checked_sub(1) else {
             return 0.0;
         };
-        let start = self.starts[k];
+        let (Some(&start), Some(&cumulative), Some(&spread)) = (
+            self.starts.get(k),
+            self.cumulative.get(k),
+            self.spread.get(k),
+        ) else {
+            return 0.0;
+        };
         let end = self.starts.get(k + 1).copied().unwrap_or(RING_END);
         let within = if end > start {
             (token - start) as f64 / (end - start) as f64
         } else {
             0.0
         };
-        self.cumulative[k] + self.spread[k] * within.min(1.0)
+        cumulative + spread * within.min(1.0)
     }
 }
 

@@ -109,8 +109,11 @@ pub fn remove_shard(map: &ShardMap, name: &str) -> Result<Plan, IntentError> {
         });
     }
     let union = base_shards(map);
-    let mut weights: Vec<u32> = union.iter().map(|s| s.weight).collect();
-    weights[i] = 0;
+    let weights: Vec<u32> = union
+        .iter()
+        .enumerate()
+        .map(|(j, s)| if j == i { 0 } else { s.weight })
+        .collect();
     let mut after = union.clone();
     after.remove(i);
     by_weight(map, format!("remove shard {name}"), &union, &weights, after)
@@ -121,8 +124,13 @@ pub fn reweight(map: &ShardMap, name: &str, weight: u32) -> Result<Plan, IntentE
     let i = index(map, name)?;
     check_weight(name, weight)?;
     let mut shards = base_shards(map);
-    let old = shards[i].weight;
-    shards[i].weight = weight;
+    let Some(shard) = shards.get_mut(i) else {
+        return Err(IntentError::UnknownShard {
+            name: name.to_string(),
+            known: String::new(),
+        });
+    };
+    let old = std::mem::replace(&mut shard.weight, weight);
     let weights: Vec<u32> = shards.iter().map(|s| s.weight).collect();
     let intent = format!("reweight shard {name} from {old} to {weight}");
     by_weight(map, intent, &shards, &weights, shards.clone())

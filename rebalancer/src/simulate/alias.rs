@@ -21,6 +21,9 @@ impl AliasTable {
     /// A table for `weights`. `None` when there are no weights, more than
     /// 2^32, or their sum is not a positive finite number; a negative or NaN
     /// weight counts as 0.
+    // `prob` and `columns` have `n` entries and every index is drawn from
+    // `0..n` (Vose's worklists hold only such indexes).
+    #[allow(clippy::indexing_slicing)]
     pub(crate) fn new(weights: &[f64]) -> Option<AliasTable> {
         let n = weights.len();
         if n == 0 || u32::try_from(n).is_err() {
