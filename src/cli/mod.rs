@@ -12,6 +12,7 @@ mod output;
 mod plan;
 mod resume;
 mod route;
+mod sandbox;
 mod skew_live;
 mod skew_simulate;
 mod status;
@@ -58,6 +59,9 @@ enum Command {
     Abort(abort::Args),
     /// Show the live epoch, shards, routers and migrations.
     Status(status::Args),
+    /// Local PostgreSQL servers with a forum schema and a ready map, kept until `down`.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,5 +109,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Resume(args) => resume::run(args),
         Command::Abort(args) => abort::run(args),
         Command::Status(args) => status::run(args),
+        Command::Sandbox(command) => sandbox::run(command),
     }
 }
