@@ -148,12 +148,18 @@ pub fn run(command: Command) -> Result<(), Failure> {
 /// gets the forum schema, the control database, `shardmap.yaml` and `init`.
 /// A new sandbox that fails half-way is stopped and removed.
 pub fn up(dir: &Path, shards: usize) -> Result<(Sandbox, UpOutcome), Failure> {
+    let rt = runtime()?;
+    rt.block_on(up_async(dir, shards))
+}
+
+/// [`up`] inside a runtime (the servers start synchronously).
+pub async fn up_async(dir: &Path, shards: usize) -> Result<(Sandbox, UpOutcome), Failure> {
     let names: Vec<String> = (0..shards).map(|i| format!("s{i}")).collect();
     let (sandbox, outcome) = Sandbox::up(dir, &names, DATABASE).map_err(sandbox_failure)?;
     if outcome != UpOutcome::Started {
         return Ok((sandbox, outcome));
     }
-    match prepare(&sandbox) {
+    match prepare(&sandbox).await {
         Ok(()) => Ok((sandbox, outcome)),
         Err(e) => {
             let _ = sandbox.down();
@@ -163,7 +169,7 @@ pub fn up(dir: &Path, shards: usize) -> Result<(Sandbox, UpOutcome), Failure> {
 }
 
 /// Schema, control database, map file and `init` for a new sandbox.
-fn prepare(sandbox: &Sandbox) -> Result<(), Failure> {
+async fn prepare(sandbox: &Sandbox) -> Result<(), Failure> {
     let members = sandbox.members();
     let first = members
         .first()
@@ -195,8 +201,8 @@ fn prepare(sandbox: &Sandbox) -> Result<(), Failure> {
     let map = ShardMap::from_raw(raw, &path.display().to_string(), &env_var)?;
     std::fs::write(&path, map.to_yaml())
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("write {}: {e}", path.display())))?;
-    runtime()?
-        .block_on(init(&map, &env_var, &InitOptions::default()))
+    init(&map, &env_var, &InitOptions::default())
+        .await
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("init: {e}")))?;
     Ok(())
 }
