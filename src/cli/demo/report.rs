@@ -141,10 +141,10 @@ fn ring_chart(
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(3)
-            .y_label_formatter(&|y| match y.round() as i64 {
-                0 => "after".to_owned(),
-                1 => "before".to_owned(),
+            .y_labels(5)
+            .y_label_formatter(&|y| match (y * 2.0).round() as i64 {
+                1 => "after".to_owned(),
+                3 => "before".to_owned(),
                 _ => String::new(),
             })
             .x_label_formatter(&|x| format!("{:.0}%", x * 100.0))
