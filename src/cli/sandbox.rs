@@ -2,6 +2,14 @@
 //! schema, a control store and a ready `shardmap.yaml`, kept running under
 //! one directory until `down`.
 
+/// Prints a line on stdout through `output` (a closed stdout is ignored:
+/// the command still finishes, and the demo still cleans up).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        drop(crate::cli::output::print(format!("{}\n", format_args!($($arg)*))))
+    };
+}
+
 use std::path::{Path, PathBuf};
 
 use postshard_rebalancer::init::{init, InitOptions};
@@ -99,13 +107,13 @@ pub fn run(command: Command) -> Result<(), Failure> {
             let (sandbox, outcome) = up(&dir, usize::from(args.shards))?;
             let map = sandbox.dir().join(MAP_FILE);
             match outcome {
-                UpOutcome::AlreadyUp => println!(
+                UpOutcome::AlreadyUp => say!(
                     "sandbox in {} is already up ({} servers); map: {}",
                     sandbox.dir().display(),
                     sandbox.members().len(),
                     map.display()
                 ),
-                UpOutcome::Restarted(names) => println!(
+                UpOutcome::Restarted(names) => say!(
                     "sandbox in {} was up but stopped; started {} again; map: {}",
                     sandbox.dir().display(),
                     names.join(", "),
@@ -113,14 +121,14 @@ pub fn run(command: Command) -> Result<(), Failure> {
                 ),
                 UpOutcome::Started => {
                     print_status(&sandbox);
-                    println!(
+                    say!(
                         "\nmap: {}   (control store: database {CONTROL_DATABASE} on {})",
                         map.display(),
                         sandbox.members().first().map_or("?", |m| m.name.as_str())
                     );
-                    println!("try:  postshard status --map {}", map.display());
-                    println!("      postshard skew --map {}", map.display());
-                    println!(
+                    say!("try:  postshard status --map {}", map.display());
+                    say!("      postshard skew --map {}", map.display());
+                    say!(
                         "      postshard sandbox down --dir {}",
                         sandbox.dir().display()
                     );
@@ -138,7 +146,7 @@ pub fn run(command: Command) -> Result<(), Failure> {
             let sandbox = Sandbox::open(&dir).map_err(sandbox_failure)?;
             let servers = sandbox.members().len();
             sandbox.down().map_err(sandbox_failure)?;
-            println!("stopped {servers} servers; removed {}", dir.display());
+            say!("stopped {servers} servers; removed {}", dir.display());
             Ok(())
         }
     }
@@ -209,13 +217,16 @@ async fn prepare(sandbox: &Sandbox) -> Result<(), Failure> {
 
 /// Prints one line per server.
 fn print_status(sandbox: &Sandbox) {
-    println!("sandbox in {}", sandbox.dir().display());
-    println!(
+    say!("sandbox in {}", sandbox.dir().display());
+    say!(
         "{:<8} {:>6}  {:<5} {:>10}  url",
-        "server", "port", "state", "size"
+        "server",
+        "port",
+        "state",
+        "size"
     );
     for s in sandbox.status() {
-        println!(
+        say!(
             "{:<8} {:>6}  {:<5} {:>10}  {}",
             s.member.name,
             s.member.port,

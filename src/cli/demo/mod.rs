@@ -6,6 +6,21 @@
 //! workload acknowledged, `verify`, and an HTML report. Ctrl-C at any point
 //! stops the servers and removes the sandbox.
 
+/// Prints a line on stdout through `output` (a closed stdout is ignored:
+/// the command still finishes, and the demo still cleans up).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        drop(crate::cli::output::print(format!("{}\n", format_args!($($arg)*))))
+    };
+}
+
+/// Prints a line on stderr, best effort.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        crate::cli::output::eprint(format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod check;
 mod forum;
 mod load;
@@ -79,15 +94,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let interrupted_or_failed = outcome.is_err();
     if keep && !interrupted_or_failed {
         let map = dir.join(MAP_FILE);
-        println!(
+        say!(
             "\nthe sandbox keeps running in {}; explore it:",
             dir.display()
         );
-        println!("  postshard status --map {}", map.display());
-        println!("  postshard skew --map {}", map.display());
-        println!("  postshard verify --map {}", map.display());
-        println!("  postshard sandbox status --dir {}", dir.display());
-        println!("  postshard sandbox down --dir {}", dir.display());
+        say!("  postshard status --map {}", map.display());
+        say!("  postshard skew --map {}", map.display());
+        say!("  postshard verify --map {}", map.display());
+        say!("  postshard sandbox status --dir {}", dir.display());
+        say!("  postshard sandbox down --dir {}", dir.display());
     } else {
         cleanup(&dir);
     }
@@ -103,8 +118,8 @@ fn cleanup(dir: &Path) {
         Err(_) => Ok(()),
     };
     match result {
-        Ok(()) => println!("cleaned up: servers stopped, {} removed", dir.display()),
-        Err(e) => eprintln!("cleanup of {} failed: {e}", dir.display()),
+        Ok(()) => say!("cleaned up: servers stopped, {} removed", dir.display()),
+        Err(e) => say_err!("cleanup of {} failed: {e}", dir.display()),
     }
 }
 
@@ -163,7 +178,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
     let shards = usize::from(args.shards);
     let forum = Forum::new(args.posts);
     let new_shard = format!("s{shards}");
-    println!(
+    say!(
         "postshard demo: a forum sharded over {shards} local PostgreSQL servers; then shard {new_shard} is added online under load\n"
     );
 
@@ -177,7 +192,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         .add(&new_shard, DATABASE)
         .map_err(super::sandbox::sandbox_failure)?;
     let map_path = dir.join(MAP_FILE);
-    println!(
+    say!(
         "      map {} (control store: {CONTROL_DATABASE}); {new_shard} on port {} is not in the map yet ({:.1} s)",
         map_path.display(),
         spare.port,
@@ -213,7 +228,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
     let (posts, comments) = loaded
         .iter()
         .fold((0, 0), |(p, c), l| (p + l.posts, c + l.comments));
-    println!(
+    say!(
         "      {} rows in {:.1} s ({} rows/s)",
         thousands((posts + comments) as i64),
         took.as_secs_f64(),
@@ -261,7 +276,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         .lines()
         .chain(String::from_utf8_lossy(&plan.stderr).lines())
     {
-        println!("      plan │ {line}");
+        say!("      plan │ {line}");
     }
     if !plan.status.success() {
         return Err(Failure::Runtime(anyhow::anyhow!(
@@ -287,7 +302,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let at = origin.elapsed();
-            println!("      apply │ {line}");
+            say!("      apply │ {line}");
             events.push((at, line));
         }
     }
@@ -299,7 +314,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
             map_path.display()
         )));
     }
-    println!(
+    say!(
         "      the move took {:.1} s",
         (move_end - move_start).as_secs_f64()
     );
@@ -338,13 +353,18 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
     let latency =
         [Kind::Read, Kind::Write].map(|kind| windows.map(|w| latency_of(&samples, kind, w)));
     step(6, "latency seen by the app (ms)");
-    println!(
+    say!(
         "      {:<7} {:<7} {:>8} {:>8} {:>8} {:>8}",
-        "", "window", "requests", "p50", "p99", "max"
+        "",
+        "window",
+        "requests",
+        "p50",
+        "p99",
+        "max"
     );
     for (kind, rows) in ["reads", "writes"].iter().zip(&latency) {
         for (name, l) in ["before", "during", "after"].iter().zip(rows) {
-            println!(
+            say!(
                 "      {kind:<7} {name:<7} {:>8} {:>8.2} {:>8.2} {:>8.1}",
                 l.count,
                 ms(l.p50),
@@ -354,9 +374,9 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         }
     }
     let errors: Vec<&(i64, String)> = records.iter().flat_map(|r| r.errors.iter()).collect();
-    println!("      errors seen by the app: {}", errors.len());
+    say!("      errors seen by the app: {}", errors.len());
     for (key, e) in errors.iter().take(5) {
-        println!("        key {key}: {e}");
+        say!("        key {key}: {e}");
     }
 
     // 7. Check.
@@ -367,7 +387,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
     let checked = check::check(&map_after, &forum, &records)
         .await
         .map_err(Failure::Runtime)?;
-    println!(
+    say!(
         "      posts: {} expected, {} found; comments: {} expected, {} found; {} acknowledged writes checked",
         thousands(checked.expected[0] as i64),
         thousands(checked.found[0] as i64),
@@ -376,20 +396,20 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         thousands(checked.acknowledged as i64)
     );
     if checked.uncertain > 0 {
-        println!(
+        say!(
             "      {} keys left out: their writes failed, so their outcome is unknown",
             checked.uncertain
         );
     }
     if checked.problem_count == 0 {
-        println!("      nothing lost, duplicated, misplaced or resurrected; every acknowledged edit kept");
+        say!("      nothing lost, duplicated, misplaced or resurrected; every acknowledged edit kept");
     } else {
-        println!("      {} PROBLEMS:", checked.problem_count);
+        say!("      {} PROBLEMS:", checked.problem_count);
         for p in &checked.problems {
-            println!("        {p}");
+            say!("        {p}");
         }
     }
-    println!("      postshard verify:");
+    say!("      postshard verify:");
     let _ = std::io::stdout().flush();
     let verify = tokio::process::Command::new(&exe)
         .arg("verify")
@@ -404,7 +424,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         .lines()
         .chain(String::from_utf8_lossy(&verify.stderr).lines())
     {
-        println!("      verify │ {line}");
+        say!("      verify │ {line}");
     }
 
     let outcome = Outcome {
@@ -420,7 +440,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
     };
     let html = report::html(&outcome);
     write_report(&args.report, &html)?;
-    println!(
+    say!(
         "\nreport: {}\ndemo finished in {:.0} s",
         absolute(&args.report).display(),
         started.elapsed().as_secs_f64()
@@ -436,7 +456,7 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
 
 /// Prints a numbered step.
 fn step(n: u32, what: &str) {
-    println!("[{n}/7] {what}");
+    say!("[{n}/7] {what}");
 }
 
 /// `1234567` as `1,234,567`.
@@ -444,7 +464,7 @@ fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -518,9 +538,9 @@ fn peak_to_mean(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn print_rows(title: &str, figures: &[ShardFigures]) {
-    println!("      {title}:");
+    say!("      {title}:");
     for f in figures {
-        println!(
+        say!(
             "        {:<4} {:>10} posts {:>10} comments {:>10}",
             f.name,
             thousands(f.posts),
@@ -531,13 +551,17 @@ fn print_rows(title: &str, figures: &[ShardFigures]) {
 }
 
 fn print_figures(title: &str, figures: &[ShardFigures]) {
-    println!("      {title}:");
-    println!(
+    say!("      {title}:");
+    say!(
         "        {:<4} {:>10} {:>10} {:>10} {:>11}",
-        "", "posts", "comments", "size", "requests/s"
+        "",
+        "posts",
+        "comments",
+        "size",
+        "requests/s"
     );
     for f in figures {
-        println!(
+        say!(
             "        {:<4} {:>10} {:>10} {:>10} {:>11.0}",
             f.name,
             thousands(f.posts),
@@ -546,7 +570,7 @@ fn print_figures(title: &str, figures: &[ShardFigures]) {
             f.requests
         );
     }
-    println!(
+    say!(
         "        peak/mean: rows {:.3}, bytes {:.3}, requests {:.3}",
         peak_to_mean(figures.iter().map(|f| (f.posts + f.comments) as f64)),
         peak_to_mean(figures.iter().map(|f| f.bytes as f64)),

@@ -193,6 +193,9 @@ fn ring_chart(
     Ok(svg)
 }
 
+/// One figure of a shard, for a bar.
+type Metric = dyn Fn(&ShardFigures) -> f64;
+
 fn shard_chart(
     figures: &[Vec<ShardFigures>; 2],
     colour: &dyn Fn(&str) -> RGBColor,
@@ -205,7 +208,7 @@ fn shard_chart(
         let root = SVGBackend::with_string(&mut svg, (960, 340)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let panels = root.split_evenly((1, 2));
-        let metrics: [(&str, &dyn Fn(&ShardFigures) -> f64); 2] = [
+        let metrics: [(&str, &Metric); 2] = [
             ("Rows per shard (posts + comments)", &|f| {
                 (f.posts + f.comments) as f64
             }),
