@@ -84,9 +84,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.into()))?;
     let keep = args.keep;
     let outcome = rt.block_on(async {
+        // Handlers are installed before anything starts, so a Ctrl-C (or a
+        // SIGTERM) at any point, even while servers start, ends in cleanup.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut interrupt, mut terminate) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => return Err(Failure::Runtime(e.into())),
+        };
         tokio::select! {
             result = demo(&args, &dir) => result,
-            _ = tokio::signal::ctrl_c() => Err(Failure::Runtime(anyhow::anyhow!("interrupted (Ctrl-C)"))),
+            _ = interrupt.recv() => Err(Failure::Runtime(anyhow::anyhow!("interrupted (Ctrl-C)"))),
+            _ = terminate.recv() => Err(Failure::Runtime(anyhow::anyhow!("terminated (SIGTERM)"))),
         }
     });
     // Stop the workload's and apply's tasks before the servers go.
