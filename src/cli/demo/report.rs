@@ -85,7 +85,7 @@ pub fn html(outcome: &Outcome) -> String {
     page.push_str(&figures_table(&outcome.figures));
     let _ = writeln!(
         page,
-        "<h2>Latency</h2><figure id=\"latency-chart\">{latency}<figcaption>Per second: p50 and p99 of reads and writes as the app saw them; the shaded band is the move, the dashed lines its steps.</figcaption></figure>"
+        "<h2>Latency</h2><figure id=\"latency-chart\">{latency}<figcaption>Per second: p50 and p99 of reads and writes as the app saw them; the shaded band is the move, the dashed lines its steps; log scale; a gap means no request of that kind started in that second (every worker was waiting).</figcaption></figure>"
     );
     page.push_str(&latency_table(outcome));
     page.push_str("<h2>Steps of the move</h2><table><tr><th>at (s)</th><th style=\"text-align:left\">apply said</th></tr>\n");
@@ -322,7 +322,10 @@ fn latency_chart(
         .iter()
         .map(|(k, p, _, _)| series(samples, *k, *p, seconds))
         .collect();
-    let top = data.iter().flatten().map(|(_, y)| *y).fold(1.0, f64::max) * 1.1;
+    // Log scale: a write blocked for seconds and reads of a millisecond on
+    // one chart.
+    const FLOOR: f64 = 0.05;
+    let top = data.iter().flatten().map(|(_, y)| *y).fold(1.0, f64::max) * 2.0;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 400)).into_drawing_area();
@@ -332,18 +335,25 @@ fn latency_chart(
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..seconds as f64, 0f64..top)
+            .build_cartesian_2d(0f64..seconds as f64, (FLOOR..top).log_scale())
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_desc("seconds since the workload started")
-            .y_desc("ms")
+            .y_desc("ms (log scale)")
+            .y_label_formatter(&|y| {
+                if *y >= 1.0 {
+                    format!("{y:.0}")
+                } else {
+                    format!("{y}")
+                }
+            })
             .draw()
             .map_err(err)?;
         let (a, b) = (window.0.as_secs_f64(), window.1.as_secs_f64());
         chart
             .draw_series([Rectangle::new(
-                [(a, 0.0), (b, top)],
+                [(a, FLOOR), (b, top)],
                 RGBColor(255, 220, 120).mix(0.35).filled(),
             )])
             .map_err(err)?
@@ -358,7 +368,7 @@ fn latency_chart(
             let x = at.as_secs_f64();
             chart
                 .draw_series(DashedLineSeries::new(
-                    [(x, 0.0), (x, top)],
+                    [(x, FLOOR), (x, top)],
                     4,
                     3,
                     RGBColor(120, 120, 120).stroke_width(1),
@@ -367,11 +377,32 @@ fn latency_chart(
         }
         for ((_, _, label, c), points) in lines.iter().zip(&data) {
             let c = *c;
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
-                .map_err(err)?
-                .label(*label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], c.stroke_width(2)));
+            // Seconds without a request of this kind (every worker waiting
+            // on a blocked write) break the line rather than being bridged.
+            let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+            for &(x, y) in points {
+                let point = (x, y.max(FLOOR));
+                match runs.last_mut() {
+                    Some(run) if run.last().is_some_and(|(px, _)| x - px < 1.5) => run.push(point),
+                    _ => runs.push(vec![point]),
+                }
+            }
+            let mut first = true;
+            for run in runs {
+                let lone = (run.len() == 1).then(|| run.clone()).unwrap_or_default();
+                chart
+                    .draw_series(lone.into_iter().map(|xy| Circle::new(xy, 3, c.filled())))
+                    .map_err(err)?;
+                let drawn = chart
+                    .draw_series(LineSeries::new(run, c.stroke_width(2)))
+                    .map_err(err)?;
+                if first {
+                    drawn.label(*label).legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 15, y)], c.stroke_width(2))
+                    });
+                    first = false;
+                }
+            }
         }
         chart
             .configure_series_labels()
