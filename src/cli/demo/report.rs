@@ -389,7 +389,11 @@ fn latency_chart(
             }
             let mut first = true;
             for run in runs {
-                let lone = (run.len() == 1).then(|| run.clone()).unwrap_or_default();
+                let lone = if run.len() == 1 {
+                    run.clone()
+                } else {
+                    Vec::new()
+                };
                 chart
                     .draw_series(lone.into_iter().map(|xy| Circle::new(xy, 3, c.filled())))
                     .map_err(err)?;
