@@ -9,8 +9,10 @@ use std::process::{Command, Stdio};
 use crate::user::RunAs;
 use crate::SandboxError;
 
-/// Environment variable naming the directory of the PostgreSQL programs.
-const BINDIR_VAR: &str = "POSTSHARD_PG_BINDIR";
+/// Environment variables naming the directory of the PostgreSQL programs,
+/// in order of precedence (`POSTSHARD_PG_BIN` is also what `init` reads for
+/// `pg_dump`).
+const BINDIR_VARS: [&str; 2] = ["POSTSHARD_PG_BINDIR", "POSTSHARD_PG_BIN"];
 
 /// The programs the sandbox runs; a directory must hold all of them.
 const PROGRAMS: [&str; 4] = ["initdb", "postgres", "pg_ctl", "psql"];
@@ -26,10 +28,11 @@ pub(crate) struct Bin {
 }
 
 impl Bin {
-    /// Finds the programs: in `$POSTSHARD_PG_BINDIR` if set, else in
-    /// `pg_config --bindir`, else in the newest `/usr/lib/postgresql/*/bin`.
+    /// Finds the programs: in `$POSTSHARD_PG_BINDIR` (or `$POSTSHARD_PG_BIN`)
+    /// if set, else in `pg_config --bindir`, else in the newest
+    /// `/usr/lib/postgresql/*/bin`.
     pub(crate) fn locate() -> Result<Bin, SandboxError> {
-        let candidates = match env::var_os(BINDIR_VAR) {
+        let candidates = match BINDIR_VARS.iter().find_map(env::var_os) {
             Some(dir) => vec![PathBuf::from(dir)],
             None => [pg_config_bindir(), newest_debian_bindir()]
                 .into_iter()
@@ -40,11 +43,15 @@ impl Bin {
             .iter()
             .find(|dir| PROGRAMS.iter().all(|program| dir.join(program).is_file()))
             .ok_or_else(|| SandboxError::BinariesNotFound {
-                tried: candidates
-                    .iter()
-                    .map(|dir| dir.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                tried: if candidates.is_empty() {
+                    "pg_config --bindir (no pg_config on PATH) or /usr/lib/postgresql/*/bin".into()
+                } else {
+                    candidates
+                        .iter()
+                        .map(|dir| dir.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             })?;
         Ok(Bin {
             dir: dir.clone(),

@@ -4,13 +4,17 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::persistent::STATE_FILE;
+
 /// Why a sandbox server could not be set up, started, stopped or queried.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// No directory holds all of `initdb`, `postgres`, `pg_ctl` and `psql`.
     #[error(
-        "PostgreSQL binaries (initdb, postgres, pg_ctl, psql) not found in {tried}; \
-         set POSTSHARD_PG_BINDIR to their directory"
+        "PostgreSQL server binaries (initdb, postgres, pg_ctl, psql) not found in {tried}. \
+         Install them: `sudo apt-get install postgresql` (Debian, Ubuntu), \
+         `sudo dnf install postgresql-server` (Fedora), `brew install postgresql@15` (macOS); \
+         or set POSTSHARD_PG_BINDIR to the directory that holds them"
     )]
     BinariesNotFound {
         /// The directories that were looked at, comma-separated.
@@ -21,6 +25,37 @@ pub enum SandboxError {
     NoServerUser {
         /// The user name looked up.
         user: String,
+    },
+    /// `down`/`status` on a directory without a sandbox in it.
+    #[error("no sandbox in {} (it has no {STATE_FILE}); nothing to do", dir.display())]
+    NotASandbox {
+        /// The directory given.
+        dir: PathBuf,
+    },
+    /// `up` on a directory that holds other files.
+    #[error("{} exists, is not empty and holds no sandbox; choose another --dir", dir.display())]
+    NotEmpty {
+        /// The directory given.
+        dir: PathBuf,
+    },
+    /// Running as root, the server user cannot reach the directory.
+    #[error(
+        "the `postgres` user cannot reach {}: {} is not searchable by others; \
+         choose a --dir it can reach (e.g. under /tmp)", dir.display(), blocked.display()
+    )]
+    Unreachable {
+        /// The directory given.
+        dir: PathBuf,
+        /// The ancestor that blocks it.
+        blocked: PathBuf,
+    },
+    /// The state file of a sandbox is damaged.
+    #[error("{}: line {line}: expected `NAME PORT`", path.display())]
+    BadState {
+        /// The state file.
+        path: PathBuf,
+        /// Its 1-based line number.
+        line: usize,
     },
     /// A filesystem operation failed.
     #[error("cannot {action} {}: {source}", path.display())]

@@ -9,6 +9,9 @@
 //! --bindir` or the newest `/usr/lib/postgresql/*/bin`. PostgreSQL refuses to
 //! run as root, so as root they run as the OS user `postgres`. Linux only.
 //!
+//! [`Sandbox`] keeps servers running after the process exits, under one
+//! directory, until [`Sandbox::down`] (`postshard sandbox up/status/down`).
+//!
 //! ```no_run
 //! let cluster = postshard_sandbox::Cluster::start(3)?;
 //! for server in cluster.servers() {
@@ -21,6 +24,7 @@
 mod bin;
 mod cluster;
 mod error;
+mod persistent;
 mod postmaster;
 mod scratch;
 mod server;
@@ -29,4 +33,5 @@ mod user;
 
 pub use cluster::{Cluster, Options};
 pub use error::SandboxError;
+pub use persistent::{Member, MemberStatus, Sandbox, UpOutcome, STATE_FILE};
 pub use server::Server;

@@ -38,6 +38,14 @@ impl RunAs {
         }
     }
 
+    /// The uid the programs run as, when it is not this process's own.
+    pub(crate) fn uid(&self) -> Option<u32> {
+        match self {
+            RunAs::Current => None,
+            RunAs::User { uid, .. } => Some(*uid),
+        }
+    }
+
     /// Makes `cmd` run as this user, with its home directory as `HOME`.
     pub(crate) fn apply(&self, cmd: &mut Command) {
         if let RunAs::User { uid, gid, home } = self {

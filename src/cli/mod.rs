@@ -3,6 +3,7 @@
 mod abort;
 mod apply;
 mod check;
+mod demo;
 mod failure;
 mod init;
 mod map_export;
@@ -12,6 +13,7 @@ mod output;
 mod plan;
 mod resume;
 mod route;
+mod sandbox;
 mod skew_live;
 mod skew_simulate;
 mod status;
@@ -58,6 +60,12 @@ enum Command {
     Abort(abort::Args),
     /// Show the live epoch, shards, routers and migrations.
     Status(status::Args),
+    /// See it work: a local sandbox, a forum under load, a shard added
+    /// online, skew, latency, a row-by-row check and an HTML report.
+    Demo(demo::Args),
+    /// Local PostgreSQL servers with a forum schema and a ready map, kept until `down`.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,5 +113,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Resume(args) => resume::run(args),
         Command::Abort(args) => abort::run(args),
         Command::Status(args) => status::run(args),
+        Command::Sandbox(command) => sandbox::run(command),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -1,24 +1,26 @@
-//! Per-shard load bars as a hand-written SVG document.
+//! Per-shard load bars, drawn with plotters' SVG backend (text as SVG
+//! `<text>`, so no font files are needed).
+
+use plotters::prelude::*;
 
 use super::{shard_name, Change, Loads, Outcome};
 
-const BEFORE: &str = "#4e79a7";
-const AFTER: &str = "#f28e2b";
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 56.0;
-const PANEL: f64 = 200.0;
-/// Room under each panel's bars (shard labels) and above the next (title).
-const GAP: f64 = 64.0;
+const BEFORE: RGBColor = RGBColor(0x4e, 0x79, 0xa7);
+const AFTER: RGBColor = RGBColor(0xf2, 0x8e, 0x2b);
+/// Height of one outcome's panel, caption and shard labels included.
+const PANEL: u32 = 300;
+/// Room for the title and legend above the panels.
+const TOP: u32 = 60;
 
 /// An SVG of one panel per outcome, titled `title`: a bar per shard of the
 /// keys it holds before and, after a change, a second bar beside it; dashed
-/// lines mark the even share. All panels share one scale.
+/// lines mark the even share. All panels share one scale. A drawing error
+/// (none is expected from the in-memory backend) is written into the SVG
+/// as a comment.
 pub fn svg(title: &str, outcomes: &[Outcome]) -> String {
     let slots = outcomes.iter().map(slot_count).max().unwrap_or(1).max(1);
-    let plot_width = (slots as f64 * 14.0).max(700.0);
-    let width = LEFT + plot_width + RIGHT;
-    let height = TOP + outcomes.len() as f64 * (PANEL + GAP) + 8.0;
+    let width = (slots as u32 * 14).max(700) + 90;
+    let height = TOP + outcomes.len() as u32 * PANEL + 8;
     let peak = outcomes
         .iter()
         .flat_map(|o| series(o).into_iter().flat_map(|(_, l)| l.shards.iter()))
@@ -26,101 +28,120 @@ pub fn svg(title: &str, outcomes: &[Outcome]) -> String {
         .max()
         .unwrap_or(0);
     let scale = nice_ceiling(peak);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
-         viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
-        escape(title)
-    );
-    let legend = [(BEFORE, "before"), (AFTER, "after")];
-    let changes = outcomes.iter().any(|o| o.rebalance.is_some());
-    for (i, (color, label)) in legend.iter().take(if changes { 2 } else { 1 }).enumerate() {
-        let x = LEFT + i as f64 * 80.0;
-        out.push_str(&format!(
-            "<rect x=\"{x}\" y=\"30\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
-             <text x=\"{}\" y=\"39\">{label}</text>\n",
-            x + 14.0
-        ));
+    let mut out = String::new();
+    let drawn = draw(&mut out, (width, height), title, outcomes, slots, scale);
+    if let Err(e) = drawn {
+        out.push_str(&format!("<!-- plot failed: {} -->\n", escape(&e)));
     }
-    out.push_str(&format!(
-        "<line x1=\"{}\" y1=\"35\" x2=\"{}\" y2=\"35\" stroke=\"#333\" stroke-dasharray=\"4 3\"/>\
-         <text x=\"{}\" y=\"39\">even share</text>\n",
-        LEFT + 170.0,
-        LEFT + 196.0,
-        LEFT + 200.0
-    ));
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let top = TOP + 24.0 + i as f64 * (PANEL + GAP);
-        panel(&mut out, outcome, top, plot_width, slots, scale);
+    if !out.ends_with('\n') {
+        out.push('\n');
     }
-    out.push_str("</svg>\n");
-    out
+    // A white page under transparent plotters output (dark viewers).
+    out.replacen("<svg ", "<svg style=\"background:white\" ", 1)
 }
 
-/// Draws one outcome's panel with its plot area starting at `top`.
-fn panel(out: &mut String, outcome: &Outcome, top: f64, plot_width: f64, slots: usize, scale: u64) {
-    let bottom = top + PANEL;
-    let y = |keys: f64| bottom - keys / scale as f64 * PANEL;
-    out.push_str(&format!(
-        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"13\">{}</text>\n",
-        top - 8.0,
-        escape(&caption(outcome))
-    ));
-    for step in 0..=4 {
-        let keys = scale as f64 * f64::from(step) / 4.0;
-        out.push_str(&format!(
-            "<line x1=\"{LEFT}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{4}</text>\n",
-            y(keys),
-            LEFT + plot_width,
-            LEFT - 6.0,
-            y(keys) + 4.0,
-            compact(keys)
-        ));
+fn draw(
+    out: &mut String,
+    size: (u32, u32),
+    title: &str,
+    outcomes: &[Outcome],
+    slots: usize,
+    scale: u64,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<_>| format!("{e:?}");
+    let root = SVGBackend::with_string(out, size).into_drawing_area();
+    let (head, body) = root.split_vertically(TOP);
+    head.draw(&Text::new(
+        title.to_owned(),
+        (70, 8),
+        ("sans-serif", 16).into_font().style(FontStyle::Bold),
+    ))
+    .map_err(err)?;
+    let changes = outcomes.iter().any(|o| o.rebalance.is_some());
+    let legend = [(BEFORE, "before"), (AFTER, "after")];
+    for (i, (color, label)) in legend.iter().take(if changes { 2 } else { 1 }).enumerate() {
+        let x = 70 + i as i32 * 80;
+        head.draw(&Rectangle::new([(x, 32), (x + 10, 42)], color.filled()))
+            .map_err(err)?;
+        head.draw(&Text::new(*label, (x + 14, 31), ("sans-serif", 11)))
+            .map_err(err)?;
     }
-    let group = plot_width / slots as f64;
+    head.draw(&PathElement::new(
+        [(240, 37), (266, 37)],
+        BLACK.stroke_width(1),
+    ))
+    .map_err(err)?;
+    head.draw(&Text::new(
+        "even share (dashed)",
+        (270, 31),
+        ("sans-serif", 11),
+    ))
+    .map_err(err)?;
+    let panels = body.split_evenly((outcomes.len().max(1), 1));
+    for (area, outcome) in panels.iter().zip(outcomes) {
+        panel(area, outcome, slots, scale)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Draws one outcome's panel into `area`.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    outcome: &Outcome,
+    slots: usize,
+    scale: u64,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| format!("{e:?}");
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption(outcome), ("sans-serif", 13))
+        .margin(8)
+        .x_label_area_size(20)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(slots as f64 - 0.5), 0f64..scale as f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(slots.min(32) + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                shard_name(i as usize)
+            } else {
+                String::new()
+            }
+        })
+        .y_labels(5)
+        .y_label_formatter(&|y| compact(*y))
+        .draw()
+        .map_err(err)?;
     let drawn = series(outcome);
-    let bar = group * if drawn.len() > 1 { 0.4 } else { 0.7 };
-    let label_every = slots.div_ceil(32);
-    for slot in (0..slots).step_by(label_every) {
-        out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-            LEFT + (slot as f64 + 0.5) * group,
-            bottom + 14.0,
-            shard_name(slot)
-        ));
-    }
+    let bar = if drawn.len() > 1 { 0.4 } else { 0.7 };
     for (k, (color, loads)) in drawn.iter().enumerate() {
-        let offset = (group - bar * drawn.len() as f64) / 2.0 + bar * k as f64;
-        for s in &loads.shards {
-            let x = LEFT + s.shard as f64 * group + offset;
-            out.push_str(&format!(
-                "<rect x=\"{x:.2}\" y=\"{:.2}\" width=\"{bar:.2}\" height=\"{:.2}\" fill=\"{color}\">\
-                 <title>{} {}: {} keys</title></rect>\n",
-                y(s.keys as f64),
-                bottom - y(s.keys as f64),
-                shard_name(s.shard),
-                if k == 0 { "before" } else { "after" },
-                s.keys
-            ));
-        }
+        let offset = -bar * drawn.len() as f64 / 2.0 + bar * k as f64;
+        chart
+            .draw_series(loads.shards.iter().map(|s| {
+                let x = s.shard as f64 + offset;
+                Rectangle::new([(x, 0.0), (x + bar, s.keys as f64)], color.filled())
+            }))
+            .map_err(err)?;
         let total: u64 = loads.shards.iter().map(|s| s.keys).sum();
-        let even = y(total as f64 / loads.shards.len().max(1) as f64);
-        out.push_str(&format!(
-            "<line x1=\"{LEFT}\" y1=\"{even:.1}\" x2=\"{}\" y2=\"{even:.1}\" stroke=\"{color}\" \
-             stroke-dasharray=\"4 3\"/>\n",
-            LEFT + plot_width
-        ));
+        let even = total as f64 / loads.shards.len().max(1) as f64;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(-0.5, even), (slots as f64 - 0.5, even)],
+                4,
+                3,
+                color.stroke_width(1),
+            ))
+            .map_err(err)?;
     }
-    out.push_str(&format!(
-        "<line x1=\"{LEFT}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"#333\"/>\n",
-        LEFT + plot_width
-    ));
+    Ok(())
 }
 
 /// The bars to draw: before, then after when there was a change.
-fn series(outcome: &Outcome) -> Vec<(&'static str, &Loads)> {
+fn series(outcome: &Outcome) -> Vec<(RGBColor, &Loads)> {
     let mut drawn = vec![(BEFORE, &outcome.before)];
     if let Some(r) = &outcome.rebalance {
         drawn.push((AFTER, &r.after));
@@ -220,12 +241,19 @@ mod tests {
             simulate(&w, Strategy::Modulo, 4, Some(Change::Remove(2))).unwrap(),
         ];
         let svg = svg("4 shards <+1>", &outcomes);
-        assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"));
-        // jump: 4 + 5 bars; modulo: 4 + 3 bars (s2 removed).
-        assert_eq!(svg.matches("<title>").count(), 16);
-        assert!(svg.contains("4 shards &lt;+1&gt;"));
+        assert!(
+            svg.starts_with("<svg ") && svg.ends_with("</svg>\n"),
+            "{svg}"
+        );
+        assert!(!svg.contains("plot failed"), "{svg}");
+        // jump: 4 + 5 bars; modulo: 4 + 3 bars (s2 removed); 2 legend swatches.
+        assert_eq!(svg.matches("<rect x=").count(), 16 + 2, "{svg}");
+        assert!(svg.contains("4 shards &lt;+1&gt;"), "{svg}");
         assert!(svg.contains("jump: peak/mean"));
         assert!(svg.contains("after removing s2"));
-        assert!(svg.contains(">s4</text>"));
+        assert!(
+            svg.contains(">s4</text>") || svg.contains(">\ns4\n</text>"),
+            "{svg}"
+        );
     }
 }
