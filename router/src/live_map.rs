@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::map::{MapError, ShardMap};
 use crate::router::describe;
@@ -61,7 +61,9 @@ pub(crate) fn query_error(what: &'static str) -> impl Fn(tokio_postgres::Error) 
 
 /// The live epoch and its map text as stored (`${VAR}` unexpanded), or
 /// `None` when the control store holds no live map yet.
-pub async fn live_map_text(client: &Client) -> Result<Option<(u64, String)>, LiveMapError> {
+pub async fn live_map_text(
+    client: &impl GenericClient,
+) -> Result<Option<(u64, String)>, LiveMapError> {
     let row = client
         .query_opt(
             &format!(

@@ -143,7 +143,7 @@ pub async fn seed(
     ))
     .await
     .map_err(query_error("locking the live map"))?;
-    if let Some((live, text)) = live_map_text(&tx).await? {
+    if let Some((live, text)) = live_map::live_map_text(&tx).await? {
         if live != map.version() {
             return Err(ControlError::OtherEpoch {
                 live,
@@ -181,24 +181,6 @@ pub async fn seed(
         .await
         .map_err(query_error("committing the seed"))?;
     Ok(Seeded::Created)
-}
-
-/// The live epoch and map text (the transaction-aware twin of
-/// [`live_map::live_map_text`]).
-async fn live_map_text(
-    tx: &tokio_postgres::Transaction<'_>,
-) -> Result<Option<(u64, String)>, ControlError> {
-    let row = tx
-        .query_opt(
-            &format!(
-                "SELECT l.epoch, e.map FROM {CONTROL_SCHEMA}.live l \
-                 JOIN {CONTROL_SCHEMA}.epochs e USING (epoch)"
-            ),
-            &[],
-        )
-        .await
-        .map_err(query_error("reading the live map"))?;
-    Ok(row.map(|r| (epoch_of(r.get(0)), r.get(1))))
 }
 
 /// The live map, validated with `${VAR}` resolved by `env`.

@@ -122,23 +122,7 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A driver error with the server's message and SQLSTATE, which the error's
-/// own `Display` leaves out ("db error").
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
-    }
-}
+pub(crate) use postshard_router::describe_db_error as describe;
 
 /// The first statement of a transaction that writes moved rows: app triggers
 /// and foreign-key checks stay silent until it ends.
