@@ -12,6 +12,7 @@ mod hash_pg;
 mod init;
 mod live_router;
 mod move_faults;
+mod move_online;
 mod move_refusals;
 mod move_support;
 mod move_writers;

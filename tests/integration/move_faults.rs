@@ -4,7 +4,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use postshard_rebalancer::migrate::steps;
+use postshard_rebalancer::migrate::{steps, Mode};
 use postshard_rebalancer::plan::Plan;
 
 use crate::common::runtime;
@@ -66,7 +66,7 @@ fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
         assert_eq!(original_fences.len(), 2, "{original_fences:?}");
         let first = forum.add_plan().await;
         assert!(first.moves.len() >= 2, "{}", first.to_yaml());
-        let all = steps(u32::try_from(first.moves.len()).unwrap());
+        let all = steps(Mode::Blocking, u32::try_from(first.moves.len()).unwrap());
         let flip_at = all
             .iter()
             .position(|s| s.phase.as_str() == "flipped")

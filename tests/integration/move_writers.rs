@@ -17,10 +17,10 @@ use postshard_router::{ConnUrl, Router};
 use crate::common::{connect, runtime, Rng};
 use crate::move_support::{plan_file, text, CommentRow, Forum, PostRow};
 
-const WRITERS: i64 = 4;
+pub(crate) const WRITERS: i64 = 4;
 
 #[derive(Debug, Clone)]
-enum Body {
+pub(crate) enum Body {
     /// A seeded body, known by its md5 and length.
     Md5(String, i32),
     /// A body a writer wrote.
@@ -28,23 +28,23 @@ enum Body {
 }
 
 #[derive(Debug, Clone)]
-struct Post {
-    board: i32,
-    title: String,
-    body: Body,
-    comment_count: i32,
+pub(crate) struct Post {
+    pub(crate) board: i32,
+    pub(crate) title: String,
+    pub(crate) body: Body,
+    pub(crate) comment_count: i32,
 }
 
 /// What the writers had acknowledged: the expected rows.
 #[derive(Debug, Default, Clone)]
-struct Model {
-    posts: BTreeMap<i64, Post>,
+pub(crate) struct Model {
+    pub(crate) posts: BTreeMap<i64, Post>,
     /// Comment id → (post id, body).
-    comments: BTreeMap<i64, (i64, String)>,
+    pub(crate) comments: BTreeMap<i64, (i64, String)>,
 }
 
 impl Model {
-    fn merge(&mut self, other: Model) {
+    pub(crate) fn merge(&mut self, other: Model) {
         self.posts.extend(other.posts);
         self.comments.extend(other.comments);
     }
@@ -53,7 +53,7 @@ impl Model {
 /// One writer: works on the posts with `id % WRITERS == w` (seeded and its
 /// own), so writers never contend; returns what it acknowledged, its errors
 /// and how many writes it made.
-async fn writer(
+pub(crate) async fn writer(
     w: i64,
     router: Arc<Router>,
     mut model: Model,
@@ -194,7 +194,7 @@ fn expect_one(n: u64, what: &str) -> Result<(), String> {
 }
 
 /// The model as rows, bodies hashed by the server.
-async fn expected_rows(
+pub(crate) async fn expected_rows(
     client: &tokio_postgres::Client,
     model: &Model,
 ) -> (Vec<PostRow>, Vec<CommentRow>) {
