@@ -93,7 +93,9 @@ fn query_error(shard: &str, what: &'static str, e: &tokio_postgres::Error) -> Ca
         shard: shard.to_string(),
         what,
         detail: describe_db_error(e),
-        lost: e.is_closed() || e.as_db_error().is_none_or(|d| d.code().code().starts_with("57P")),
+        lost: e.is_closed()
+            || e.as_db_error()
+                .is_none_or(|d| d.code().code().starts_with("57P")),
     }
 }
 
@@ -409,7 +411,9 @@ mod tests {
         }];
         let on = on_sql(&tables, 7, &ranges);
         assert!(on.contains("hashint8extended(OLD.\"id\"::int8, 7) <@ '{[10,)}'::int8multirange"));
-        assert!(on.contains(&format!("CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON \"posts\"")));
+        assert!(on.contains(&format!(
+            "CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON \"posts\""
+        )));
         let off = off_sql(&tables);
         assert!(off.contains(&format!("DROP TRIGGER IF EXISTS {TRIGGER} ON \"posts\"")));
         assert!(off.contains(&function_name(&tables[0])));

@@ -96,14 +96,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let id = runtime()?
         .block_on(async {
             stop_on_ctrl_c(cancel);
-            migrate::apply(
-                &map,
-                &plan,
-                &args.mode,
-                &env_var,
-                &options,
-                &mut |e| print_event(json, e),
-            )
+            migrate::apply(&map, &plan, &args.mode, &env_var, &options, &mut |e| {
+                print_event(json, e)
+            })
             .await
         })
         .map_err(failure)?;

@@ -47,7 +47,10 @@ impl Held {
                         assert!(r.is_ok(), "{sql}: {r:?}");
                         continue;
                     }
-                    let r = client.batch_execute(&sql).await.map_err(|e| format!("{e:?}"));
+                    let r = client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| format!("{e:?}"));
                     let _ = reply.send(r);
                 }
             });
@@ -112,15 +115,33 @@ pub async fn assert_clean_against(forum: &Forum, plan_after: &ShardMap, model: &
     let control = connect(&forum.control_url).await;
     let expected = expected_rows(&control, model).await;
     let (posts, comments) = rows.content();
-    let missing: Vec<_> = expected.0.iter().filter(|p| !posts.contains(p)).take(5).collect();
-    let extra: Vec<_> = posts.iter().filter(|p| !expected.0.contains(p)).take(5).collect();
+    let missing: Vec<_> = expected
+        .0
+        .iter()
+        .filter(|p| !posts.contains(p))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = posts
+        .iter()
+        .filter(|p| !expected.0.contains(p))
+        .take(5)
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "posts missing {missing:?}, unexpected {extra:?}"
     );
     assert_eq!(posts.len(), expected.0.len());
-    let missing: Vec<_> = expected.1.iter().filter(|c| !comments.contains(c)).take(5).collect();
-    let extra: Vec<_> = comments.iter().filter(|c| !expected.1.contains(c)).take(5).collect();
+    let missing: Vec<_> = expected
+        .1
+        .iter()
+        .filter(|c| !comments.contains(c))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = comments
+        .iter()
+        .filter(|c| !expected.1.contains(c))
+        .take(5)
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "comments missing {missing:?}, unexpected {extra:?}"

@@ -130,7 +130,8 @@ impl Run<'_> {
                         .iter()
                         .find(|(t, _)| t == p.table)
                         .map_or(0, |(_, r)| *r);
-                    let _ = sender.send((n, p.table.to_string(), p.rows, p.bytes, done, table_before));
+                    let _ =
+                        sender.send((n, p.table.to_string(), p.rows, p.bytes, done, table_before));
                 };
                 let spec = CopySpec {
                     tables,
@@ -215,7 +216,11 @@ impl Run<'_> {
     /// until at most `catch_up_rows` wait, under it until none does (the
     /// fence's wait for older writers means none can be added). Reports
     /// `lag` after each batch and `stall` when the backlog stops shrinking.
-    pub(super) async fn catch_up(&mut self, m: &MoveRange, fenced: bool) -> Result<(), MigrateError> {
+    pub(super) async fn catch_up(
+        &mut self,
+        m: &MoveRange,
+        fenced: bool,
+    ) -> Result<(), MigrateError> {
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
         let (tables, seed) = (self.new.tables().to_vec(), self.new.seed());
@@ -246,7 +251,8 @@ impl Run<'_> {
             let backlog = capture::backlog(&source, &m.source, seed, m.range)
                 .await
                 .map_err(Self::capture_error(m))?;
-            let detail = json!({ "backlog": backlog, "replayed": replayed.changes, "fenced": fenced });
+            let detail =
+                json!({ "backlog": backlog, "replayed": replayed.changes, "fenced": fenced });
             self.event(Some(m.index), "lag", detail);
             if (fenced && backlog == 0 && replayed.changes == 0)
                 || (!fenced && backlog <= self.options.catch_up_rows)
@@ -286,17 +292,27 @@ fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
 /// then about one second of rows each (by the estimate; 64 parts without
 /// one), at most [`MAX_CHUNKS`], split evenly by token (tokens are hashes,
 /// so rows spread evenly).
-fn chunk_ranges(range: TokenRange, estimate: Option<u64>, max_rate: Option<u64>) -> Vec<TokenRange> {
+fn chunk_ranges(
+    range: TokenRange,
+    estimate: Option<u64>,
+    max_rate: Option<u64>,
+) -> Vec<TokenRange> {
     let parts = match max_rate.filter(|r| *r > 0) {
         None => 1,
-        Some(rate) => estimate.map_or(64, |rows| rows.div_ceil(rate)).clamp(1, MAX_CHUNKS),
+        Some(rate) => estimate
+            .map_or(64, |rows| rows.div_ceil(rate))
+            .clamp(1, MAX_CHUNKS),
     };
     let (from, to) = (i128::from(range.from()), range.to());
     let step = ((to - from) / i128::from(parts)).max(1);
     let mut out = Vec::new();
     let mut start = from;
     while start < to {
-        let end = if out.len() as u64 + 1 >= parts { to } else { (start + step).min(to) };
+        let end = if out.len() as u64 + 1 >= parts {
+            to
+        } else {
+            (start + step).min(to)
+        };
         if let Ok(r) = TokenRange::new(start, end) {
             out.push(r);
         }

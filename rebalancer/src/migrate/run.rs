@@ -24,8 +24,7 @@ use tokio_postgres::Client;
 
 use super::failpoint::{self, When};
 use super::{
-    all_shards, owned_by, steps, stored_plan, union, Event, MigrateError, Mode, MoveOptions,
-    StepId,
+    all_shards, owned_by, steps, stored_plan, union, Event, MigrateError, Mode, MoveOptions, StepId,
 };
 use crate::control::{self, ControlError, Migration, MigrationState, Phase};
 use crate::fence::{self, FenceError};

@@ -225,9 +225,16 @@ pub(crate) async fn copy_keys(
     let mut written = 0;
     for table in tables {
         let schema = read_schema(read, source_shard, table).await?;
-        let filter = format!("{}::int8 = ANY ('{{{}}}'::int8[])", table.sql_key(), list.join(","));
+        let filter = format!(
+            "{}::int8 = ANY ('{{{}}}'::int8[])",
+            table.sql_key(),
+            list.join(",")
+        );
         write
-            .execute(&format!("DELETE FROM {} WHERE {filter}", table.sql_name()), &[])
+            .execute(
+                &format!("DELETE FROM {} WHERE {filter}", table.sql_name()),
+                &[],
+            )
             .await
             .map_err(|e| query_error("target", target_shard, &table.name, e))?;
         let (rows, _) = stream_table(
