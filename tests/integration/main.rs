@@ -13,6 +13,7 @@ mod init;
 mod live_router;
 mod move_faults;
 mod move_online;
+mod move_online_faults;
 mod move_refusals;
 mod move_support;
 mod move_writers;

@@ -494,18 +494,13 @@ impl Run<'_> {
     /// Whether `e` came from a lost or refused connection (a server
     /// restarting), so that redoing the step may succeed.
     fn retryable(&self, e: &MigrateError) -> bool {
-        use crate::range::{ChecksumError, CopyError};
+        use crate::range::ChecksumError;
         match e {
             MigrateError::Connect { .. } => true,
             MigrateError::Control(_) => self.control.is_closed(),
-            MigrateError::Copy {
-                source: CopyError::Query { source, .. },
-                ..
-            } => source.is_closed() || source.as_db_error().is_none_or(lost),
-            MigrateError::Delete { source, .. } => {
-                source.source.is_closed() || source.source.as_db_error().is_none_or(lost)
-            }
             MigrateError::Capture { source, .. } => source.is_connection(),
+            // Their errors keep only the message: a query that failed
+            // against a healthy server fails again, bounded by `retry_for`.
             MigrateError::Checksum {
                 source: ChecksumError::Query { .. },
                 ..
@@ -514,7 +509,7 @@ impl Run<'_> {
                 source: FenceError::Query { .. },
                 ..
             } => true,
-            _ => false,
+            other => driver_lost(other),
         }
     }
 
@@ -901,11 +896,22 @@ impl Run<'_> {
     }
 }
 
-/// A server error meaning the session is going away (admin shutdown,
+/// Whether a driver error in `e`'s source chain says the connection was
+/// lost: closed, an I/O failure, or a server going away (admin shutdown,
 /// crash, cannot connect now).
-fn lost(e: &tokio_postgres::error::DbError) -> bool {
-    let code = e.code().code();
-    code.starts_with("57P") || code.starts_with("08")
+fn driver_lost(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            return pg.is_closed()
+                || pg.as_db_error().is_none_or(|db| {
+                    let code = db.code().code();
+                    code.starts_with("57P") || code.starts_with("08")
+                });
+        }
+        next = err.source();
+    }
+    false
 }
 
 pub(super) fn fence_error(shard: &str) -> impl Fn(FenceError) -> MigrateError + '_ {
