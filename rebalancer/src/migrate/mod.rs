@@ -482,7 +482,6 @@ pub(crate) fn stored_plan(id: i64, text: &str) -> Result<Plan, MigrateError> {
 mod tests {
     use super::*;
 
-    #[test]
     fn names(mode: Mode) -> Vec<String> {
         steps(mode, 2)
             .iter()

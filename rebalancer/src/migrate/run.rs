@@ -880,7 +880,7 @@ impl Run<'_> {
                 })?;
             }
             if self.mode == Mode::Online {
-                self.capture_off(&m).await?;
+                self.capture_off(m).await?;
             }
             let source = self.shard(&m.source).await?;
             fence::lower(&source, &[m.fence])
