@@ -14,6 +14,7 @@ mod live_router;
 mod move_faults;
 mod move_online;
 mod move_online_faults;
+mod move_online_seeds;
 mod move_refusals;
 mod move_support;
 mod move_writers;

@@ -179,6 +179,7 @@ fn online_move_under_writers_loses_nothing_has_no_capture_gap_and_leaves_nothing
             routers.push(router.clone());
             tasks.push(tokio::spawn(writer(
                 w as i64,
+                0,
                 router,
                 model,
                 stop.clone(),

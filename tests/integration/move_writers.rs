@@ -55,12 +55,13 @@ impl Model {
 /// and how many writes it made.
 pub(crate) async fn writer(
     w: i64,
+    seed: u64,
     router: Arc<Router>,
     mut model: Model,
     stop: Arc<AtomicBool>,
     next_comment: Arc<AtomicI64>,
 ) -> (Model, Vec<String>, u64) {
-    let mut rng = Rng::new(0x5eed + w as u64);
+    let mut rng = Rng::new(0x5eed + w as u64 + (seed << 8));
     let mut errors = Vec::new();
     let mut writes = 0u64;
     let mut next_post = 0i64;
@@ -70,7 +71,7 @@ pub(crate) async fn writer(
         let dice = rng.next_u64() % 100;
         let result: Result<(), String> = async {
             if dice < 30 || ids.is_empty() {
-                let id = 10_000_000 + next_post * WRITERS + w;
+                let id = 10_000_000 + (seed as i64 * 1_000_000 + next_post) * WRITERS + w;
                 next_post += 1;
                 let board = (next_post % 5) as i32;
                 let title = format!("w{w} post {next_post}");
@@ -297,6 +298,7 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
             routers.push(router.clone());
             tasks.push(tokio::spawn(writer(
                 w as i64,
+                0,
                 router,
                 model,
                 stop.clone(),
