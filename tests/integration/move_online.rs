@@ -314,3 +314,58 @@ fn online_move_under_writers_loses_nothing_has_no_capture_gap_and_leaves_nothing
         );
     });
 }
+
+#[test]
+fn cancel_stops_a_throttled_backfill_at_a_resumable_point_and_resume_finishes() {
+    let forum = Forum::start(1200);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        let after_map = plan.apply(&base).unwrap();
+        let map = ShardMap::from_path(forum.map_path()).unwrap();
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let options = MoveOptions {
+            max_rows_per_sec: Some(2_000),
+            cancel: cancelled,
+            ..MoveOptions::default()
+        };
+        let mut events: Vec<Event> = Vec::new();
+        let started = std::time::Instant::now();
+        let result = migrate::apply(&map, &plan, "online", &env_var, &options, &mut |e| {
+            events.push(e.clone());
+            if e.event == "progress" && e.move_index == Some(1) && e.detail["rows"].as_u64() > Some(0) {
+                let _ = cancel.send(true);
+            }
+        })
+        .await;
+        let err = result.expect_err("cancelled");
+        assert!(
+            matches!(err, migrate::MigrateError::Cancelled { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("postshard resume"), "{err}");
+        assert_eq!(events.last().unwrap().event, "cancelled");
+        // Move 0's backfill was paced: report the rate it ran at.
+        let copied: u64 = events
+            .iter()
+            .filter(|e| e.event == "copied_rows" && e.move_index == Some(0))
+            .flat_map(|e| e.detail.as_object().unwrap().values().map(|v| v.as_u64().unwrap()))
+            .sum();
+        eprintln!(
+            "throttled to 2000 rows/s: move 0 copied {copied} rows; apply ran {:?} before the cancel",
+            started.elapsed()
+        );
+        // Stopped before the flip, with capture on: resume finishes it.
+        assert_eq!(forum.live().await.version(), base.version());
+        assert!(!forum.leftovers().await.is_empty(), "capture should still be on");
+        let out = forum.postshard(&["resume"], &[]);
+        assert!(out.status.success(), "resume: {}", text(&out));
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}

@@ -19,13 +19,11 @@ use super::run::{MoveRange, Run};
 use super::{union, MigrateError};
 use crate::capture::{self, CaptureError};
 use crate::fence;
-use crate::range::{copy_range, CopyProgress, CopySpec, Endpoint, TokenRange};
+use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
 
 /// How long a catch-up may run without its backlog shrinking before it
 /// reports a `stall` (it keeps going).
 const STALL_AFTER: Duration = Duration::from_secs(10);
-/// Most chunks a throttled backfill is cut into.
-const MAX_CHUNKS: u64 = 256;
 
 impl Run<'_> {
     fn capture_error(m: &MoveRange) -> impl Fn(CaptureError) -> MigrateError + '_ {
@@ -77,19 +75,15 @@ impl Run<'_> {
     }
 
     /// `copied` (online): the backfill. One repeatable-read transaction on
-    /// the source exports a snapshot (taken now, after capture is on);
-    /// the range is copied from it with `copy_range`, in token chunks when
-    /// throttled (each chunk replaces its part of the target, so a resumed
-    /// backfill starts over harmlessly), pausing between chunks to stay under
-    /// `max_rows_per_sec`. Reports `progress` events, then `copied_rows`.
+    /// the source exports a snapshot (taken now, after capture is on) and
+    /// holds it while `copy_range_paced` copies the range from it (paced to
+    /// `max_rows_per_sec`; it replaces the range on the target, so a resumed
+    /// backfill starts over harmlessly). Reports `progress` events (the
+    /// first, rows 0, once the snapshot is taken), then `copied_rows`.
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
-        let copy_error = |source| MigrateError::Copy {
-            index: m.index,
-            source,
-        };
         let exporting = holder
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -102,89 +96,55 @@ impl Run<'_> {
             .await
             .map_err(|e| backfill_query(m, &e))?
             .get(0);
-        let chunks = chunk_ranges(m.range, m.estimate, self.options.max_rows_per_sec);
         let (tables, seed) = (self.new.tables(), self.new.seed());
-        let (max_rate, cancel) = (self.options.max_rows_per_sec, self.options.cancel.clone());
-        // (chunk, table, its rows in the chunk, bytes, rows of earlier
-        // chunks, the table's rows in earlier chunks)
-        let (sender, mut receiver) =
-            tokio::sync::mpsc::unbounded_channel::<(usize, String, u64, u64, u64, u64)>();
+        let max_rate = self.options.max_rows_per_sec;
+        // (table, its rows so far, bytes)
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
         let id = self.migration.id;
         let on_event = &mut *self.on_event;
         let estimate = m.estimate;
         let copy = async move {
-            let started = Instant::now();
-            let mut done = 0u64;
-            let mut per_table: Vec<(String, u64)> =
-                tables.iter().map(|t| (t.name.clone(), 0)).collect();
-            // The snapshot is taken: say so before the first rows arrive.
             let first = tables.first().map(|t| t.name.clone()).unwrap_or_default();
-            let _ = sender.send((0, first, 0, 0, 0, 0));
-            for (n, chunk) in chunks.into_iter().enumerate() {
-                if *cancel.borrow() {
-                    return Err(MigrateError::Cancelled { id });
-                }
-                let before = per_table.clone();
-                let report = |p: CopyProgress<'_>| {
-                    let table_before = before
-                        .iter()
-                        .find(|(t, _)| t == p.table)
-                        .map_or(0, |(_, r)| *r);
-                    let _ =
-                        sender.send((n, p.table.to_string(), p.rows, p.bytes, done, table_before));
-                };
-                let spec = CopySpec {
-                    tables,
-                    seed,
-                    range: chunk,
-                    snapshot: Some(&snapshot),
-                    progress: Some(&report),
-                };
-                let copied = copy_range(
-                    Endpoint {
-                        shard: &m.source,
-                        client: &mut source,
-                    },
-                    Endpoint {
-                        shard: &m.target,
-                        client: &mut target,
-                    },
-                    &spec,
-                )
-                .await
-                .map_err(copy_error)?;
-                for t in &copied {
-                    done += t.rows;
-                    if let Some(entry) = per_table.iter_mut().find(|(n, _)| *n == t.table) {
-                        entry.1 += t.rows;
-                    }
-                }
-                if let Some(rate) = max_rate.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(ahead).await;
-                    }
-                }
-            }
-            drop(sender);
-            Ok(per_table)
+            let _ = sender.send((first, 0, 0));
+            let report = |p: CopyProgress<'_>| {
+                let _ = sender.send((p.table.to_string(), p.rows, p.bytes));
+            };
+            let spec = CopySpec {
+                tables,
+                seed,
+                range: m.range,
+                snapshot: Some(&snapshot),
+                progress: Some(&report),
+            };
+            copy_range_paced(
+                Endpoint {
+                    shard: &m.source,
+                    client: &mut source,
+                },
+                Endpoint {
+                    shard: &m.target,
+                    client: &mut target,
+                },
+                &spec,
+                max_rate,
+            )
+            .await
+            .map_err(|source| MigrateError::Copy {
+                index: m.index,
+                source,
+            })
         };
         let report = async {
-            let mut chunk = usize::MAX;
-            let mut in_chunk: Vec<(String, u64)> = Vec::new();
-            while let Some((n, table, rows, bytes, done, table_before)) = receiver.recv().await {
-                if n != chunk {
-                    chunk = n;
-                    in_chunk.clear();
-                }
-                match in_chunk.iter_mut().find(|(t, _)| *t == table) {
+            let mut per_table: Vec<(String, u64)> = Vec::new();
+            while let Some((table, rows, bytes)) = receiver.recv().await {
+                match per_table.iter_mut().find(|(t, _)| *t == table) {
                     Some(entry) => entry.1 = rows,
-                    None => in_chunk.push((table.clone(), rows)),
+                    None => per_table.push((table.clone(), rows)),
                 }
                 let detail = json!({
                     "table": table,
-                    "table_rows": table_before + rows,
-                    "rows": done + in_chunk.iter().map(|(_, r)| r).sum::<u64>(),
+                    "table_rows": rows,
+                    "rows": per_table.iter().map(|(_, r)| r).sum::<u64>(),
                     "estimate": estimate,
                     "bytes": bytes,
                 });
@@ -196,15 +156,29 @@ impl Run<'_> {
                 });
             }
         };
-        let (copied, ()) = tokio::join!(copy, report);
-        let copied = copied?;
+        // Ctrl-C mid-backfill: dropping the copy rolls the target back
+        // (the copy is one transaction), which resume redoes.
+        let mut cancel = self.options.cancel.clone();
+        let cancelled = async move {
+            while !*cancel.borrow_and_update() {
+                if cancel.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let copied = tokio::select! {
+            (copied, ()) = async { tokio::join!(copy, report) } => copied?,
+            () = cancelled => return Err(MigrateError::Cancelled { id }),
+        };
         // The exporting transaction only held the snapshot.
         exporting
             .commit()
             .await
             .map_err(|e| backfill_query(m, &e))?;
-        let rows: serde_json::Map<String, serde_json::Value> =
-            copied.into_iter().map(|(t, n)| (t, json!(n))).collect();
+        let rows: serde_json::Map<String, serde_json::Value> = copied
+            .iter()
+            .map(|t| (t.table.clone(), json!(t.rows)))
+            .collect();
         let rows = serde_json::Value::Object(rows);
         self.copied.insert(m.index, rows.clone());
         self.event(Some(m.index), "copied_rows", rows);
@@ -285,67 +259,5 @@ fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
             detail: postshard_router::describe_db_error(e),
             lost: e.is_closed() || e.as_db_error().is_none(),
         },
-    }
-}
-
-/// The parts a backfill of `range` is copied in: one, unless throttled;
-/// then about one second of rows each (by the estimate; 64 parts without
-/// one), at most [`MAX_CHUNKS`], split evenly by token (tokens are hashes,
-/// so rows spread evenly).
-fn chunk_ranges(
-    range: TokenRange,
-    estimate: Option<u64>,
-    max_rate: Option<u64>,
-) -> Vec<TokenRange> {
-    let parts = match max_rate.filter(|r| *r > 0) {
-        None => 1,
-        Some(rate) => estimate
-            .map_or(64, |rows| rows.div_ceil(rate))
-            .clamp(1, MAX_CHUNKS),
-    };
-    let (from, to) = (i128::from(range.from()), range.to());
-    let step = ((to - from) / i128::from(parts)).max(1);
-    let mut out = Vec::new();
-    let mut start = from;
-    while start < to {
-        let end = if out.len() as u64 + 1 >= parts {
-            to
-        } else {
-            (start + step).min(to)
-        };
-        if let Ok(r) = TokenRange::new(start, end) {
-            out.push(r);
-        }
-        start = end;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_the_range_exactly_in_order() {
-        let ring = TokenRange::ring();
-        for (estimate, rate, parts) in [
-            (None, None, 1),
-            (Some(10_000), Some(1_000), 10),
-            (None, Some(5), 64),
-            (Some(u64::MAX), Some(1), MAX_CHUNKS as usize),
-            (Some(1), Some(1_000), 1),
-        ] {
-            let chunks = chunk_ranges(ring, estimate, rate);
-            assert_eq!(chunks.len(), parts, "{estimate:?} {rate:?}");
-            assert_eq!(chunks.first().map(|c| c.from()), Some(ring.from()));
-            assert_eq!(chunks.last().map(|c| c.to()), Some(ring.to()));
-            for pair in chunks.windows(2) {
-                assert_eq!(i128::from(pair[1].from()), pair[0].to());
-            }
-        }
-        let tiny = TokenRange::new(0, 3).unwrap();
-        let chunks = chunk_ranges(tiny, Some(100), Some(1));
-        assert_eq!(chunks.len(), 3);
-        assert_eq!(chunks.last().map(|c| c.to()), Some(3));
     }
 }

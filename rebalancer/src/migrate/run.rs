@@ -424,6 +424,14 @@ impl Run<'_> {
     /// (or its journal entry) that fails on a lost connection is retried
     /// with backoff for up to `retry_for` (every step is idempotent).
     async fn run_from(&mut self, start: usize) -> Result<(), MigrateError> {
+        let result = self.run_steps(start).await;
+        if let Err(MigrateError::Cancelled { .. }) = result {
+            self.event(None, "cancelled", json!({}));
+        }
+        result
+    }
+
+    async fn run_steps(&mut self, start: usize) -> Result<(), MigrateError> {
         for step in steps(self.mode, self.moves_len()).into_iter().skip(start) {
             self.check_cancel()?;
             let detail = match (step.phase, step.move_index) {
@@ -481,9 +489,8 @@ impl Run<'_> {
     }
 
     /// Stops with [`MigrateError::Cancelled`] once the cancel signal is set.
-    pub(super) fn check_cancel(&mut self) -> Result<(), MigrateError> {
+    pub(super) fn check_cancel(&self) -> Result<(), MigrateError> {
         if *self.options.cancel.borrow() {
-            self.event(None, "cancelled", json!({}));
             return Err(MigrateError::Cancelled {
                 id: self.migration.id,
             });
