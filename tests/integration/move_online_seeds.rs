@@ -65,7 +65,7 @@ fn randomized_online_moves_with_kills_lose_nothing() {
                     Some(i) => format!("{}@{i}", s.phase),
                     None => s.phase.to_string(),
                 };
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     format!("{name}:after")
                 } else {
                     name
