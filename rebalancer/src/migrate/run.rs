@@ -114,21 +114,32 @@ fn refused(e: InitError) -> MigrateError {
     }
 }
 
-/// Takes the run lock of migration `id` for this session.
+/// How long taking the run lock waits for its holder to go: a process
+/// killed a moment ago still holds it until its server backend notices the
+/// closed connection.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the run lock of migration `id` for this session, waiting up to
+/// [`LOCK_WAIT`] for a holder that is going away.
 async fn lock(control: &Client, id: i64) -> Result<(), MigrateError> {
     let key = i32::try_from(id).unwrap_or(i32::MAX);
-    let got: bool = control
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&RUN_LOCK_CLASS, &key],
-        )
-        .await
-        .map_err(control::query_error("locking the migration"))?
-        .get(0);
-    if got {
-        Ok(())
-    } else {
-        Err(MigrateError::Busy { id })
+    let start = Instant::now();
+    loop {
+        let got: bool = control
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&RUN_LOCK_CLASS, &key],
+            )
+            .await
+            .map_err(control::query_error("locking the migration"))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(MigrateError::Busy { id });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
