@@ -369,3 +369,68 @@ fn cancel_stops_a_throttled_backfill_at_a_resumable_point_and_resume_finishes() 
         assert_clean_against(&forum, &after_map, &model).await;
     });
 }
+
+#[test]
+fn ctrl_c_stops_apply_at_a_resumable_point_and_resume_finishes() {
+    let forum = Forum::start(400);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        let after_map = plan.apply(&base).unwrap();
+        // A transaction on the first source holds `capturing` (its trigger
+        // DDL waits for the table lock) while Ctrl-C arrives.
+        let source = plan.moves[0].source[1..].parse::<usize>().unwrap();
+        let held = connect(&forum.cluster.servers()[source].url()).await;
+        held.batch_execute("BEGIN; SELECT 1 FROM posts FOR UPDATE").await.unwrap();
+        let file = crate::move_support::plan_file(&plan);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_postshard"))
+            .args(["apply", file.path().to_str().unwrap(), "--map", forum.map_path()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let control = connect(&forum.control_url).await;
+        let waiting_since = std::time::Instant::now();
+        loop {
+            let phase: Option<String> = control
+                .query_opt(
+                    "SELECT phase FROM postshard_control.journal ORDER BY migration_id DESC, seq DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if phase.as_deref() == Some("capturing") {
+                break;
+            }
+            assert!(waiting_since.elapsed() < Duration::from_secs(60), "{phase:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held.batch_execute("COMMIT").await.unwrap();
+        let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("stopped at a resumable point") && stderr.contains("postshard resume"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(forum.live().await.version(), base.version());
+        let out = forum.postshard(&["resume"], &[]);
+        assert!(out.status.success(), "resume: {}", text(&out));
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}
