@@ -434,3 +434,66 @@ fn ctrl_c_stops_apply_at_a_resumable_point_and_resume_finishes() {
         assert_clean_against(&forum, &after_map, &model).await;
     });
 }
+
+#[test]
+fn parallel_backfills_overlap_and_resume_after_a_cancel_mid_stage() {
+    let forum = Forum::start(1500);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        assert!(plan.moves.len() >= 2);
+        let after_map = plan.apply(&base).unwrap();
+        let map = ShardMap::from_path(forum.map_path()).unwrap();
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let options = MoveOptions {
+            parallel: 2,
+            max_rows_per_sec: Some(1_000),
+            cancel: cancelled,
+            ..MoveOptions::default()
+        };
+        let mut events: Vec<Event> = Vec::new();
+        let result = migrate::apply(&map, &plan, "online", &env_var, &options, &mut |e| {
+            events.push(e.clone());
+            let copying = |i: u32| {
+                events.iter().any(|e| {
+                    e.event == "progress" && e.move_index == Some(i) && e.detail["rows"].as_u64() > Some(0)
+                })
+            };
+            if copying(0) && copying(1) {
+                let _ = cancel.send(true);
+            }
+        })
+        .await;
+        assert!(
+            matches!(result, Err(migrate::MigrateError::Cancelled { .. })),
+            "{result:?}"
+        );
+        // Both backfills were copying at once: neither had finished.
+        assert!(
+            !events.iter().any(|e| e.event == "copied_rows"),
+            "{events:?}"
+        );
+        let options = MoveOptions {
+            parallel: 2,
+            ..MoveOptions::default()
+        };
+        let mut resumed: Vec<Event> = Vec::new();
+        migrate::resume(&map, None, &env_var, &options, &mut |e| resumed.push(e.clone()))
+            .await
+            .expect("resume");
+        // Resume copied both moves again (each had stopped midway).
+        let copied: Vec<Option<u32>> = resumed
+            .iter()
+            .filter(|e| e.event == "copied_rows")
+            .map(|e| e.move_index)
+            .collect();
+        assert_eq!(copied.len(), 2, "{resumed:?}");
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}

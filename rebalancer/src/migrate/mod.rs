@@ -360,6 +360,11 @@ pub struct MoveOptions {
     /// per table (the COPY stream pauses when ahead; the source is still
     /// read once, from one exported snapshot); `None`: as fast as it goes.
     pub max_rows_per_sec: Option<u64>,
+    /// Online mode: how many moves are backfilled at once (their
+    /// `capturing` and `copied` steps run concurrently, each journaled);
+    /// catch-up, fences and verification stay one move at a time. At
+    /// least 1.
+    pub parallel: usize,
     /// Online mode: catch-up stops and the fence goes up once at most this
     /// many captured changes of a move wait to be replayed.
     pub catch_up_rows: u64,
@@ -385,6 +390,7 @@ impl Default for MoveOptions {
             delete_batch: crate::range::delete::DEFAULT_BATCH_ROWS,
             init: InitOptions::default(),
             max_rows_per_sec: None,
+            parallel: 1,
             catch_up_rows: 500,
             replay_batch: 1_000,
             retry_for: Duration::from_secs(60),

@@ -11,13 +11,18 @@
 //! fired the capture trigger (the changelog holds its key, committed with
 //! it, and the catch-up copies the key's rows again).
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio::sync::mpsc;
 
-use super::run::{MoveRange, Run};
-use super::{union, MigrateError};
+use super::failpoint::{self, When};
+use super::run::{backoff, MoveRange, Run};
+use super::{union, Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
+use crate::control::Phase;
 use crate::fence;
 use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
 
@@ -47,7 +52,7 @@ impl Run<'_> {
     /// `capturing`: capture on for every range leaving the source (the same
     /// for each of its moves, so redoing it is harmless), older writers
     /// waited for.
-    pub(super) async fn capture_on(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+    pub(super) async fn capture_on(&self, m: &MoveRange) -> Result<(), MigrateError> {
         let client = self.shard(&m.source).await?;
         capture::on(
             &client,
@@ -74,13 +79,39 @@ impl Run<'_> {
         .map_err(Self::capture_error(m))
     }
 
-    /// `copied` (online): the backfill. One repeatable-read transaction on
-    /// the source exports a snapshot (taken now, after capture is on) and
-    /// holds it while `copy_range_paced` copies the range from it (paced to
-    /// `max_rows_per_sec`; it replaces the range on the target, so a resumed
-    /// backfill starts over harmlessly). Reports `progress` events (the
-    /// first, rows 0, once the snapshot is taken), then `copied_rows`.
+    /// `copied` (online): the backfill of one move, its events passed to
+    /// the caller's `on_event` as they come; records the rows copied.
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})));
+        let this = &*self;
+        let work = async move { this.backfill_rows(m, &events).await };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (rows, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let rows = rows?;
+        self.copied.insert(m.index, rows.clone());
+        self.event(Some(m.index), "copied_rows", rows);
+        Ok(())
+    }
+
+    /// The backfill: one repeatable-read transaction on the source exports
+    /// a snapshot (taken now, after capture is on) and holds it while
+    /// `copy_range_paced` copies the range from it (paced to
+    /// `max_rows_per_sec`; it replaces the range on the target, so a resumed
+    /// backfill starts over harmlessly). Sends `progress` events (the
+    /// first, rows 0, once the snapshot is taken) to `events`; returns rows
+    /// copied per table. The cancel signal stops it mid-copy (the target
+    /// rolls back).
+    async fn backfill_rows(
+        &self,
+        m: &MoveRange,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<serde_json::Value, MigrateError> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
@@ -97,65 +128,50 @@ impl Run<'_> {
             .map_err(|e| backfill_query(m, &e))?
             .get(0);
         let (tables, seed) = (self.new.tables(), self.new.seed());
-        let max_rate = self.options.max_rows_per_sec;
-        // (table, its rows so far, bytes)
-        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(String, u64, u64)>();
         let id = self.migration.id;
-        let on_event = &mut *self.on_event;
-        let estimate = m.estimate;
-        let copy = async move {
-            let first = tables.first().map(|t| t.name.clone()).unwrap_or_default();
-            let _ = sender.send((first, 0, 0));
-            let report = |p: CopyProgress<'_>| {
-                let _ = sender.send((p.table.to_string(), p.rows, p.bytes));
-            };
-            let spec = CopySpec {
-                tables,
-                seed,
-                range: m.range,
-                snapshot: Some(&snapshot),
-                progress: Some(&report),
-            };
-            copy_range_paced(
-                Endpoint {
-                    shard: &m.source,
-                    client: &mut source,
-                },
-                Endpoint {
-                    shard: &m.target,
-                    client: &mut target,
-                },
-                &spec,
-                max_rate,
-            )
-            .await
-            .map_err(|source| MigrateError::Copy {
-                index: m.index,
-                source,
-            })
-        };
-        let report = async {
-            let mut per_table: Vec<(String, u64)> = Vec::new();
-            while let Some((table, rows, bytes)) = receiver.recv().await {
-                match per_table.iter_mut().find(|(t, _)| *t == table) {
-                    Some(entry) => entry.1 = rows,
-                    None => per_table.push((table.clone(), rows)),
-                }
-                let detail = json!({
-                    "table": table,
-                    "table_rows": rows,
-                    "rows": per_table.iter().map(|(_, r)| r).sum::<u64>(),
-                    "estimate": estimate,
-                    "bytes": bytes,
-                });
-                on_event(&super::Event {
-                    migration: id,
-                    move_index: Some(m.index),
-                    event: "progress".into(),
-                    detail,
-                });
+        // Rows so far per table (the hook is called from the copy, `Sync`).
+        let totals: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+        let send = |table: &str, rows: u64, bytes: u64| {
+            let mut totals = totals.lock().unwrap_or_else(PoisonError::into_inner);
+            match totals.iter_mut().find(|(t, _)| t == table) {
+                Some(entry) => entry.1 = rows,
+                None => totals.push((table.to_string(), rows)),
             }
+            let detail = json!({
+                "table": table,
+                "table_rows": rows,
+                "rows": totals.iter().map(|(_, r)| r).sum::<u64>(),
+                "estimate": m.estimate,
+                "bytes": bytes,
+            });
+            let _ = events.send(Event {
+                migration: id,
+                move_index: Some(m.index),
+                event: "progress".into(),
+                detail,
+            });
         };
+        send(tables.first().map_or("", |t| t.name.as_str()), 0, 0);
+        let report = |p: CopyProgress<'_>| send(p.table, p.rows, p.bytes);
+        let spec = CopySpec {
+            tables,
+            seed,
+            range: m.range,
+            snapshot: Some(&snapshot),
+            progress: Some(&report),
+        };
+        let copy = copy_range_paced(
+            Endpoint {
+                shard: &m.source,
+                client: &mut source,
+            },
+            Endpoint {
+                shard: &m.target,
+                client: &mut target,
+            },
+            &spec,
+            self.options.max_rows_per_sec,
+        );
         // Ctrl-C mid-backfill: dropping the copy rolls the target back
         // (the copy is one transaction), which resume redoes.
         let mut cancel = self.options.cancel.clone();
@@ -167,7 +183,10 @@ impl Run<'_> {
             }
         };
         let copied = tokio::select! {
-            (copied, ()) = async { tokio::join!(copy, report) } => copied?,
+            copied = copy => copied.map_err(|source| MigrateError::Copy {
+                index: m.index,
+                source,
+            })?,
             () = cancelled => return Err(MigrateError::Cancelled { id }),
         };
         // The exporting transaction only held the snapshot.
@@ -179,10 +198,158 @@ impl Run<'_> {
             .iter()
             .map(|t| (t.table.clone(), json!(t.rows)))
             .collect();
-        let rows = serde_json::Value::Object(rows);
-        self.copied.insert(m.index, rows.clone());
-        self.event(Some(m.index), "copied_rows", rows);
-        Ok(())
+        Ok(serde_json::Value::Object(rows))
+    }
+
+    /// The `capturing` and `copied` steps in `group` (in step order), up to
+    /// `parallel` moves at once; each move's steps in order, each journaled
+    /// before it is done, failpoints and retries as for any step. Events
+    /// reach `on_event` as they come. Stops at the first error once the
+    /// running moves have ended.
+    pub(super) async fn backfill_in_parallel(
+        &mut self,
+        group: &[StepId],
+    ) -> Result<(), MigrateError> {
+        let mut units: Vec<(u32, Vec<StepId>)> = Vec::new();
+        for step in group {
+            let index = self.move_at(step.move_index)?.index;
+            match units.last_mut() {
+                Some((i, steps)) if *i == index => steps.push(*step),
+                _ => units.push((index, vec![*step])),
+            }
+        }
+        let parallel = self.options.parallel.max(1);
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})));
+        let this = &*self;
+        let work = async move {
+            let results: Vec<Result<(u32, Option<serde_json::Value>), MigrateError>> =
+                futures_util::stream::iter(units)
+                    .map(|(index, steps)| {
+                        let events = events.clone();
+                        async move {
+                            let rows = this.backfill_unit(index, &steps, &events).await?;
+                            Ok((index, rows))
+                        }
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await;
+            results
+        };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (results, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok((index, Some(rows))) => {
+                    self.copied.insert(index, rows.clone());
+                    self.event(Some(index), "copied_rows", rows);
+                }
+                Ok((_, None)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// One move's backfill steps (see [`Run::backfill_in_parallel`]);
+    /// returns the rows copied when it copied.
+    async fn backfill_unit(
+        &self,
+        index: u32,
+        steps: &[StepId],
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Option<serde_json::Value>, MigrateError> {
+        let m = &self.move_at(Some(index))?;
+        let mut rows = None;
+        for step in steps {
+            self.check_cancel()?;
+            let detail = self.journal_detail(*step);
+            let text = detail.to_string();
+            let text = &text;
+            self.retrying(*step, events, move || async move {
+                self.migration
+                    .append(&self.control, step.move_index, step.phase, text)
+                    .await
+                    .map(|_| ())
+                    .map_err(MigrateError::from)
+            })
+            .await?;
+            let _ = events.send(Event {
+                migration: self.migration.id,
+                move_index: step.move_index,
+                event: step.phase.as_str().into(),
+                detail,
+            });
+            failpoint::hit(step.phase, step.move_index, When::Before);
+            match step.phase {
+                Phase::Capturing => {
+                    self.retrying(*step, events, move || self.capture_on(m))
+                        .await?;
+                }
+                Phase::Copied => {
+                    rows = Some(
+                        self.retrying(*step, events, move || self.backfill_rows(m, events))
+                            .await?,
+                    );
+                }
+                other => {
+                    return Err(MigrateError::Journal {
+                        id: self.migration.id,
+                        what: format!("`{other}` is not a backfill step"),
+                    })
+                }
+            }
+            failpoint::hit(step.phase, step.move_index, When::After);
+        }
+        Ok(rows)
+    }
+
+    /// Runs `op` until it succeeds, retrying (with `stall` events) while it
+    /// fails on a lost connection, for up to `retry_for`.
+    async fn retrying<T, F, Fut>(
+        &self,
+        step: StepId,
+        events: &mpsc::UnboundedSender<Event>,
+        mut op: F,
+    ) -> Result<T, MigrateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MigrateError>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    attempt += 1;
+                    let pause = backoff(attempt);
+                    let _ = events.send(Event {
+                        migration: self.migration.id,
+                        move_index: step.move_index,
+                        event: "stall".into(),
+                        detail: json!({
+                            "step": step.phase.as_str(),
+                            "error": e.to_string(),
+                            "attempt": attempt,
+                            "retry_in_ms": pause.as_millis() as u64,
+                        }),
+                    });
+                    tokio::time::sleep(pause).await;
+                    self.check_cancel()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `caught_up` (and, with `fenced`, the last replay of `verified`):
