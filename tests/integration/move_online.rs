@@ -458,7 +458,9 @@ fn parallel_backfills_overlap_and_resume_after_a_cancel_mid_stage() {
             events.push(e.clone());
             let copying = |i: u32| {
                 events.iter().any(|e| {
-                    e.event == "progress" && e.move_index == Some(i) && e.detail["rows"].as_u64() > Some(0)
+                    e.event == "progress"
+                        && e.move_index == Some(i)
+                        && e.detail["rows"].as_u64() > Some(0)
                 })
             };
             if copying(0) && copying(1) {
@@ -480,9 +482,11 @@ fn parallel_backfills_overlap_and_resume_after_a_cancel_mid_stage() {
             ..MoveOptions::default()
         };
         let mut resumed: Vec<Event> = Vec::new();
-        migrate::resume(&map, None, &env_var, &options, &mut |e| resumed.push(e.clone()))
-            .await
-            .expect("resume");
+        migrate::resume(&map, None, &env_var, &options, &mut |e| {
+            resumed.push(e.clone())
+        })
+        .await
+        .expect("resume");
         // Resume copied both moves again (each had stopped midway).
         let copied: Vec<Option<u32>> = resumed
             .iter()
