@@ -30,7 +30,15 @@ use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
 /// reports a `stall` (it keeps going).
 const STALL_AFTER: Duration = Duration::from_secs(10);
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// The caller's event callback, for a stage whose concurrent work sends
+    /// events through a channel while `&self` is shared; a no-op stands in
+    /// until it is put back (a zero-sized closure: leaking its box
+    /// allocates nothing).
+    fn take_on_event(&mut self) -> &'a mut dyn FnMut(&Event) {
+        std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})))
+    }
+
     fn capture_error(m: &MoveRange) -> impl Fn(CaptureError) -> MigrateError + '_ {
         move |source| MigrateError::Capture {
             index: m.index,
@@ -83,7 +91,7 @@ impl Run<'_> {
     /// the caller's `on_event` as they come; records the rows copied.
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
         let (events, mut received) = mpsc::unbounded_channel();
-        let on_event = std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})));
+        let on_event = self.take_on_event();
         let this = &*self;
         let work = async move { this.backfill_rows(m, &events).await };
         let drain = async {
@@ -220,7 +228,7 @@ impl Run<'_> {
         }
         let parallel = self.options.parallel.max(1);
         let (events, mut received) = mpsc::unbounded_channel();
-        let on_event = std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})));
+        let on_event = self.take_on_event();
         let this = &*self;
         let work = async move {
             let results: Vec<Result<(u32, Option<serde_json::Value>), MigrateError>> =
