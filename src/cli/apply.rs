@@ -1,5 +1,6 @@
-//! `postshard apply PLAN --mode blocking`: move the plan's ranges on the
-//! live cluster, journaled step by step in the control store.
+//! `postshard apply PLAN [--mode online|blocking]`: move the plan's ranges
+//! on the live cluster, journaled step by step in the control store. Ctrl-C
+//! stops at a resumable point.
 
 use std::path::{Path, PathBuf};
 
@@ -17,9 +18,10 @@ pub struct Args {
     /// The plan (from `postshard plan …`), made for the live epoch.
     #[arg(value_name = "PLAN.yaml")]
     plan: PathBuf,
-    /// How writes to moving ranges behave: `blocking` (they wait while the
-    /// range is copied).
-    #[arg(long, default_value = "blocking")]
+    /// How writes to moving ranges behave: `online` (they continue while
+    /// the range is copied; refused only from the final fence to the flip)
+    /// or `blocking` (refused while the range is copied).
+    #[arg(long, default_value = "online")]
     mode: String,
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
@@ -71,21 +73,34 @@ pub fn print_event(json: bool, event: &Event) {
     let _ = super::output::print(format!("migration {}: {what}{detail}\n", event.migration));
 }
 
+/// Sets `cancel` on the first Ctrl-C (the run stops at its next resumable
+/// point and says how to resume).
+pub fn stop_on_ctrl_c(cancel: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = cancel.send(true);
+        }
+    });
+}
+
 /// Applies the plan; exit 0 once the migration is done.
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let plan = Plan::from_path(&args.plan).map_err(Failure::invalid)?;
-    let options = MoveOptions::default();
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let options = MoveOptions {
+        cancel: cancelled,
+        ..MoveOptions::default()
+    };
     let json = args.json;
     let id = runtime()?
-        .block_on(migrate::apply(
-            &map,
-            &plan,
-            &args.mode,
-            &env_var,
-            &options,
-            &mut |e| print_event(json, e),
-        ))
+        .block_on(async {
+            stop_on_ctrl_c(cancel);
+            migrate::apply(&map, &plan, &args.mode, &env_var, &options, &mut |e| {
+                print_event(json, e)
+            })
+            .await
+        })
         .map_err(failure)?;
     if !json {
         super::output::print(format!("migration {id}: done\n"))?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use postshard_rebalancer::migrate::{self, MoveOptions};
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, print_event};
+use super::apply::{control_map, failure, print_event, stop_on_ctrl_c};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -28,14 +28,19 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let json = args.json;
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let options = MoveOptions {
+        cancel: cancelled,
+        ..MoveOptions::default()
+    };
     let id = runtime()?
-        .block_on(migrate::resume(
-            &map,
-            args.id,
-            &env_var,
-            &MoveOptions::default(),
-            &mut |e| print_event(json, e),
-        ))
+        .block_on(async {
+            stop_on_ctrl_c(cancel);
+            migrate::resume(&map, args.id, &env_var, &options, &mut |e| {
+                print_event(json, e)
+            })
+            .await
+        })
         .map_err(failure)?;
     if !json {
         super::output::print(format!("migration {id}: finished\n"))?;

@@ -138,6 +138,21 @@ pub async fn copy_range(
     target: Endpoint<'_>,
     spec: &CopySpec<'_>,
 ) -> Result<Vec<TableCopied>, CopyError> {
+    copy_range_paced(source, target, spec, None).await
+}
+
+/// [`copy_range`] streaming at most `max_rows_per_sec` rows per second per
+/// table (`None` or 0: as fast as it goes): the stream pauses between COPY
+/// chunks when it is ahead, so the source is still read once, in one
+/// snapshot.
+///
+/// Errors: as [`copy_range`].
+pub async fn copy_range_paced(
+    source: Endpoint<'_>,
+    target: Endpoint<'_>,
+    spec: &CopySpec<'_>,
+    max_rows_per_sec: Option<u64>,
+) -> Result<Vec<TableCopied>, CopyError> {
     let (source_shard, target_shard) = (source.shard, target.shard);
     let read = begin_snapshot(source.client, spec.snapshot)
         .await
@@ -180,7 +195,8 @@ pub async fn copy_range(
             read.client(),
             write.client(),
             &from,
-            spec,
+            &spec.range.predicate(table, spec.seed),
+            (spec.progress, max_rows_per_sec.filter(|r| *r > 0)),
             (source_shard, target_shard),
         )
         .await?;
@@ -203,22 +219,70 @@ pub async fn copy_range(
     Ok(copied)
 }
 
-/// Streams one table's range: `COPY (SELECT …) TO STDOUT` on the source piped
-/// into `COPY … FROM STDIN` on the target, both binary. Returns rows written
-/// and bytes streamed.
+/// Replaces the rows of `keys` of every table on `target` by the source's
+/// (`keys` as the rows of their key columns): in the target's transaction
+/// `write` (already in replica role) it deletes them, then streams the
+/// source's rows of those keys as read by `read` (a transaction whose
+/// snapshot the caller chose). Returns rows written. Used to replay
+/// captured changes; as idempotent as [`copy_range`].
+///
+/// Errors: [`CopyError::Schema`], [`CopyError::RowCount`],
+/// [`CopyError::Query`]; the caller rolls back.
+pub(crate) async fn copy_keys(
+    read: &tokio_postgres::Transaction<'_>,
+    write: &tokio_postgres::Transaction<'_>,
+    (source_shard, target_shard): (&str, &str),
+    tables: &[Table],
+    keys: &[i64],
+) -> Result<u64, CopyError> {
+    // Integers only: safe to splice (COPY takes no parameters).
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let mut written = 0;
+    for table in tables {
+        let schema = read_schema(read, source_shard, table).await?;
+        let filter = format!(
+            "{}::int8 = ANY ('{{{}}}'::int8[])",
+            table.sql_key(),
+            list.join(",")
+        );
+        write
+            .execute(
+                &format!("DELETE FROM {} WHERE {filter}", table.sql_name()),
+                &[],
+            )
+            .await
+            .map_err(|e| query_error("target", target_shard, &table.name, e))?;
+        let (rows, _) = stream_table(
+            read.client(),
+            write.client(),
+            &schema,
+            &filter,
+            (None, None),
+            (source_shard, target_shard),
+        )
+        .await?;
+        written += rows;
+    }
+    Ok(written)
+}
+
+/// Streams one table's rows matching `filter` (SQL over the table):
+/// `COPY (SELECT …) TO STDOUT` on the source piped into `COPY … FROM STDIN`
+/// on the target, both binary, paced to at most `pace` rows per second.
+/// Returns rows written and bytes streamed.
 async fn stream_table(
     source: &Client,
     target: &Client,
     schema: &TableSchema,
-    spec: &CopySpec<'_>,
+    filter: &str,
+    (progress, pace): (Option<OnProgress<'_>>, Option<u64>),
     (source_shard, target_shard): (&str, &str),
 ) -> Result<(u64, u64), CopyError> {
     let table = &schema.table;
     let columns = TableSchema::column_list(&schema.copied_columns());
     let out_sql = format!(
-        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {columns} FROM {} WHERE {filter}) TO STDOUT (FORMAT binary)",
         table.sql_name(),
-        spec.range.predicate(table, spec.seed)
     );
     let in_sql = format!(
         "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
@@ -231,10 +295,11 @@ async fn stream_table(
     futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
+    let started = tokio::time::Instant::now();
     let mut tuples = TupleCounter::new();
     let mut next_report = PROGRESS_EVERY;
     let report = |rows, bytes| {
-        if let Some(progress) = spec.progress {
+        if let Some(progress) = progress {
             progress(CopyProgress {
                 table: &table.name,
                 rows,
@@ -253,6 +318,16 @@ async fn stream_table(
         // `feed` buffers without flushing; the sink sends 4 KiB messages.
         // Dropping the sink on an error aborts the target's COPY.
         sink.feed(chunk).await.map_err(on_target)?;
+        if let Some(rate) = pace {
+            let due = std::time::Duration::from_secs_f64(tuples.tuples() as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                if ahead >= std::time::Duration::from_millis(10) {
+                    // Flush what is buffered so the target is not left waiting.
+                    sink.flush().await.map_err(on_target)?;
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+        }
     }
     let rows = sink.as_mut().finish().await.map_err(on_target)?;
     if rows != tuples.tuples() || !tuples.is_done() {

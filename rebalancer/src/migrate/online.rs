@@ -1,0 +1,438 @@
+//! The online mode's own steps: change capture on the source, the backfill
+//! from one snapshot taken after capture is on, and the catch-up that
+//! replays captured changes (before the fence until the backlog is small,
+//! under the fence until it is empty). The flip, acknowledgements and
+//! clean-up are shared with the blocking mode ([`super::run`]).
+//!
+//! Why no write is lost between capture and snapshot: [`crate::capture::on`]
+//! returns only after every transaction that was running when the capture
+//! triggers committed has ended, so a write to a moving range either
+//! committed before the backfill's snapshot (the snapshot sees it) or
+//! fired the capture trigger (the changelog holds its key, committed with
+//! it, and the catch-up copies the key's rows again).
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::failpoint::{self, When};
+use super::run::{backoff, MoveRange, Run};
+use super::{union, Event, MigrateError, StepId};
+use crate::capture::{self, CaptureError};
+use crate::control::Phase;
+use crate::fence;
+use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
+
+/// How long a catch-up may run without its backlog shrinking before it
+/// reports a `stall` (it keeps going).
+const STALL_AFTER: Duration = Duration::from_secs(10);
+
+impl<'a> Run<'a> {
+    /// The caller's event callback, for a stage whose concurrent work sends
+    /// events through a channel while `&self` is shared; a no-op stands in
+    /// until it is put back (a zero-sized closure: leaking its box
+    /// allocates nothing).
+    fn take_on_event(&mut self) -> &'a mut dyn FnMut(&Event) {
+        std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})))
+    }
+
+    fn capture_error(m: &MoveRange) -> impl Fn(CaptureError) -> MigrateError + '_ {
+        move |source| MigrateError::Capture {
+            index: m.index,
+            source,
+        }
+    }
+
+    /// Every range of this plan leaving `source`: what its capture covers.
+    fn leaving(&self, source: &str) -> Vec<fence::TokenRange> {
+        let ranges: Vec<fence::TokenRange> = self
+            .moves
+            .iter()
+            .filter(|m| m.source == source)
+            .map(|m| m.fence)
+            .collect();
+        union(&ranges, &[])
+    }
+
+    /// `capturing`: capture on for every range leaving the source (the same
+    /// for each of its moves, so redoing it is harmless), older writers
+    /// waited for.
+    pub(super) async fn capture_on(&self, m: &MoveRange) -> Result<(), MigrateError> {
+        let client = self.shard(&m.source).await?;
+        capture::on(
+            &client,
+            &m.source,
+            self.new.tables(),
+            self.new.seed(),
+            &self.leaving(&m.source),
+            self.options.fence_wait,
+        )
+        .await
+        .map_err(Self::capture_error(m))
+    }
+
+    /// Capture off on the move's source (triggers, functions, changelog).
+    pub(super) async fn capture_off(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let client = self.shard(&m.source).await?;
+        capture::off(
+            &client,
+            &m.source,
+            self.new.tables(),
+            self.options.fence_wait,
+        )
+        .await
+        .map_err(Self::capture_error(m))
+    }
+
+    /// `copied` (online): the backfill of one move, its events passed to
+    /// the caller's `on_event` as they come; records the rows copied.
+    pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = async move { this.backfill_rows(m, &events).await };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (rows, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let rows = rows?;
+        self.copied.insert(m.index, rows.clone());
+        self.event(Some(m.index), "copied_rows", rows);
+        Ok(())
+    }
+
+    /// The backfill: one repeatable-read transaction on the source exports
+    /// a snapshot (taken now, after capture is on) and holds it while
+    /// `copy_range_paced` copies the range from it (paced to
+    /// `max_rows_per_sec`; it replaces the range on the target, so a resumed
+    /// backfill starts over harmlessly). Sends `progress` events (the
+    /// first, rows 0, once the snapshot is taken) to `events`; returns rows
+    /// copied per table. The cancel signal stops it mid-copy (the target
+    /// rolls back).
+    async fn backfill_rows(
+        &self,
+        m: &MoveRange,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<serde_json::Value, MigrateError> {
+        let mut holder = self.shard(&m.source).await?;
+        let mut source = self.shard(&m.source).await?;
+        let mut target = self.shard(&m.target).await?;
+        let exporting = holder
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| backfill_query(m, &e))?;
+        let snapshot: String = exporting
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| backfill_query(m, &e))?
+            .get(0);
+        let (tables, seed) = (self.new.tables(), self.new.seed());
+        let id = self.migration.id;
+        // Rows so far per table (the hook is called from the copy, `Sync`).
+        let totals: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+        let send = |table: &str, rows: u64, bytes: u64| {
+            let mut totals = totals.lock().unwrap_or_else(PoisonError::into_inner);
+            match totals.iter_mut().find(|(t, _)| t == table) {
+                Some(entry) => entry.1 = rows,
+                None => totals.push((table.to_string(), rows)),
+            }
+            let detail = json!({
+                "table": table,
+                "table_rows": rows,
+                "rows": totals.iter().map(|(_, r)| r).sum::<u64>(),
+                "estimate": m.estimate,
+                "bytes": bytes,
+            });
+            let _ = events.send(Event {
+                migration: id,
+                move_index: Some(m.index),
+                event: "progress".into(),
+                detail,
+            });
+        };
+        send(tables.first().map_or("", |t| t.name.as_str()), 0, 0);
+        let report = |p: CopyProgress<'_>| send(p.table, p.rows, p.bytes);
+        let spec = CopySpec {
+            tables,
+            seed,
+            range: m.range,
+            snapshot: Some(&snapshot),
+            progress: Some(&report),
+        };
+        let copy = copy_range_paced(
+            Endpoint {
+                shard: &m.source,
+                client: &mut source,
+            },
+            Endpoint {
+                shard: &m.target,
+                client: &mut target,
+            },
+            &spec,
+            self.options.max_rows_per_sec,
+        );
+        // Ctrl-C mid-backfill: dropping the copy rolls the target back
+        // (the copy is one transaction), which resume redoes.
+        let mut cancel = self.options.cancel.clone();
+        let cancelled = async move {
+            while !*cancel.borrow_and_update() {
+                if cancel.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let copied = tokio::select! {
+            copied = copy => copied.map_err(|source| MigrateError::Copy {
+                index: m.index,
+                source,
+            })?,
+            () = cancelled => return Err(MigrateError::Cancelled { id }),
+        };
+        // The exporting transaction only held the snapshot.
+        exporting
+            .commit()
+            .await
+            .map_err(|e| backfill_query(m, &e))?;
+        let rows: serde_json::Map<String, serde_json::Value> = copied
+            .iter()
+            .map(|t| (t.table.clone(), json!(t.rows)))
+            .collect();
+        Ok(serde_json::Value::Object(rows))
+    }
+
+    /// The `capturing` and `copied` steps in `group` (in step order), up to
+    /// `parallel` moves at once; each move's steps in order, each journaled
+    /// before it is done, failpoints and retries as for any step. Events
+    /// reach `on_event` as they come. Stops at the first error once the
+    /// running moves have ended.
+    pub(super) async fn backfill_in_parallel(
+        &mut self,
+        group: &[StepId],
+    ) -> Result<(), MigrateError> {
+        let mut units: Vec<(u32, Vec<StepId>)> = Vec::new();
+        for step in group {
+            let index = self.move_at(step.move_index)?.index;
+            match units.last_mut() {
+                Some((i, steps)) if *i == index => steps.push(*step),
+                _ => units.push((index, vec![*step])),
+            }
+        }
+        let parallel = self.options.parallel.max(1);
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = async move {
+            let results: Vec<Result<(u32, Option<serde_json::Value>), MigrateError>> =
+                futures_util::stream::iter(units)
+                    .map(|(index, steps)| {
+                        let events = events.clone();
+                        async move {
+                            let rows = this.backfill_unit(index, &steps, &events).await?;
+                            Ok((index, rows))
+                        }
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await;
+            results
+        };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (results, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok((index, Some(rows))) => {
+                    self.copied.insert(index, rows.clone());
+                    self.event(Some(index), "copied_rows", rows);
+                }
+                Ok((_, None)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// One move's backfill steps (see [`Run::backfill_in_parallel`]);
+    /// returns the rows copied when it copied.
+    async fn backfill_unit(
+        &self,
+        index: u32,
+        steps: &[StepId],
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Option<serde_json::Value>, MigrateError> {
+        let m = &self.move_at(Some(index))?;
+        let mut rows = None;
+        for step in steps {
+            self.check_cancel()?;
+            let detail = self.journal_detail(*step);
+            let text = detail.to_string();
+            let text = &text;
+            self.retrying(*step, events, move || async move {
+                self.migration
+                    .append(&self.control, step.move_index, step.phase, text)
+                    .await
+                    .map(|_| ())
+                    .map_err(MigrateError::from)
+            })
+            .await?;
+            let _ = events.send(Event {
+                migration: self.migration.id,
+                move_index: step.move_index,
+                event: step.phase.as_str().into(),
+                detail,
+            });
+            failpoint::hit(step.phase, step.move_index, When::Before);
+            match step.phase {
+                Phase::Capturing => {
+                    self.retrying(*step, events, move || self.capture_on(m))
+                        .await?;
+                }
+                Phase::Copied => {
+                    rows = Some(
+                        self.retrying(*step, events, move || self.backfill_rows(m, events))
+                            .await?,
+                    );
+                }
+                other => {
+                    return Err(MigrateError::Journal {
+                        id: self.migration.id,
+                        what: format!("`{other}` is not a backfill step"),
+                    })
+                }
+            }
+            failpoint::hit(step.phase, step.move_index, When::After);
+        }
+        Ok(rows)
+    }
+
+    /// Runs `op` until it succeeds, retrying (with `stall` events) while it
+    /// fails on a lost connection, for up to `retry_for`.
+    async fn retrying<T, F, Fut>(
+        &self,
+        step: StepId,
+        events: &mpsc::UnboundedSender<Event>,
+        mut op: F,
+    ) -> Result<T, MigrateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MigrateError>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    attempt += 1;
+                    let pause = backoff(attempt);
+                    let _ = events.send(Event {
+                        migration: self.migration.id,
+                        move_index: step.move_index,
+                        event: "stall".into(),
+                        detail: json!({
+                            "step": step.phase.as_str(),
+                            "error": e.to_string(),
+                            "attempt": attempt,
+                            "retry_in_ms": pause.as_millis() as u64,
+                        }),
+                    });
+                    tokio::time::sleep(pause).await;
+                    self.check_cancel()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `caught_up` (and, with `fenced`, the last replay of `verified`):
+    /// replays captured changes of the move in batches; before the fence
+    /// until at most `catch_up_rows` wait, under it until none does (the
+    /// fence's wait for older writers means none can be added). Reports
+    /// `lag` after each batch and `stall` when the backlog stops shrinking.
+    pub(super) async fn catch_up(
+        &mut self,
+        m: &MoveRange,
+        fenced: bool,
+    ) -> Result<(), MigrateError> {
+        let mut source = self.shard(&m.source).await?;
+        let mut target = self.shard(&m.target).await?;
+        let (tables, seed) = (self.new.tables().to_vec(), self.new.seed());
+        let mut best = u64::MAX;
+        let mut since = Instant::now();
+        loop {
+            // Under the fence the step finishes: stopping there would keep
+            // writes to the range refused until someone resumes.
+            if !fenced {
+                self.check_cancel()?;
+            }
+            let replayed = capture::replay_batch(
+                Endpoint {
+                    shard: &m.source,
+                    client: &mut source,
+                },
+                Endpoint {
+                    shard: &m.target,
+                    client: &mut target,
+                },
+                &tables,
+                seed,
+                m.range,
+                self.options.replay_batch,
+            )
+            .await
+            .map_err(Self::capture_error(m))?;
+            let backlog = capture::backlog(&source, &m.source, seed, m.range)
+                .await
+                .map_err(Self::capture_error(m))?;
+            let detail =
+                json!({ "backlog": backlog, "replayed": replayed.changes, "fenced": fenced });
+            self.event(Some(m.index), "lag", detail);
+            if (fenced && backlog == 0 && replayed.changes == 0)
+                || (!fenced && backlog <= self.options.catch_up_rows)
+            {
+                return Ok(());
+            }
+            if backlog < best {
+                best = backlog;
+                since = Instant::now();
+            } else if since.elapsed() >= STALL_AFTER {
+                let detail = json!({
+                    "step": "caught_up",
+                    "error": format!("the backlog ({backlog} changes) has not shrunk for {:?}", STALL_AFTER),
+                    "attempt": 0,
+                    "retry_in_ms": 0,
+                });
+                self.event(Some(m.index), "stall", detail);
+                since = Instant::now();
+            }
+        }
+    }
+}
+
+fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
+    MigrateError::Capture {
+        index: m.index,
+        source: CaptureError::Query {
+            shard: m.source.clone(),
+            what: "exporting the backfill snapshot",
+            detail: postshard_router::describe_db_error(e),
+            lost: e.is_closed() || e.as_db_error().is_none(),
+        },
+    }
+}
