@@ -76,10 +76,7 @@ fn setup(arc_count: i64) -> Setup {
             .expect("connect");
         fence::raise(
             &s0,
-            &[TokenRange {
-                from: i64::MIN,
-                last: i64::MIN + 1000,
-            }],
+            &[TokenRange::inclusive(i64::MIN, i64::MIN + 1000).expect("range")],
             Duration::from_secs(5),
         )
         .await

@@ -31,14 +31,15 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use postshard_router::describe_db_error;
 use postshard_router::map::Table;
-use postshard_router::{describe_db_error, Token};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::fence::{self, trigger_function, SHARD_SCHEMA};
 use crate::range::copy::copy_keys;
-use crate::range::{CopyError, Endpoint, TokenRange, REPLICA_ROLE};
+use crate::range::{CopyError, Endpoint, REPLICA_ROLE};
+use crate::token_range::{multirange_literal, TokenRange};
 
 /// Name of the capture trigger on every sharded table of a source.
 pub const TRIGGER: &str = "zz_postshard_capture";
@@ -103,25 +104,10 @@ fn function_name(table: &Table) -> String {
     format!("{SHARD_SCHEMA}.{}_c", trigger_function(table))
 }
 
-/// `ranges` as an `int8multirange` literal.
-fn ranges_literal(ranges: &[fence::TokenRange]) -> String {
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|r| {
-            if r.last == Token::MAX {
-                format!("[{},)", r.from)
-            } else {
-                format!("[{},{})", r.from, i128::from(r.last) + 1)
-            }
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
-}
-
 /// The DDL switching capture on for `ranges` (tokens under `seed`).
-fn on_sql(tables: &[Table], seed: i64, ranges: &[fence::TokenRange]) -> String {
+fn on_sql(tables: &[Table], seed: i64, ranges: &[TokenRange]) -> String {
     let s = SHARD_SCHEMA;
-    let ranges = ranges_literal(ranges);
+    let ranges = multirange_literal(ranges);
     let mut sql = format!(
         "CREATE TABLE IF NOT EXISTS {s}.{CHANGELOG} (seq bigserial PRIMARY KEY, key bigint NOT NULL);\n"
     );
@@ -222,7 +208,7 @@ pub async fn on(
     shard: &str,
     tables: &[Table],
     seed: i64,
-    ranges: &[fence::TokenRange],
+    ranges: &[TokenRange],
     wait: Duration,
 ) -> Result<(), CaptureError> {
     ddl(
@@ -405,10 +391,7 @@ mod tests {
             name: "posts".into(),
             key: "id".into(),
         }];
-        let ranges = [fence::TokenRange {
-            from: 10,
-            last: i64::MAX,
-        }];
+        let ranges = [TokenRange::inclusive(10, i64::MAX).unwrap()];
         let on = on_sql(&tables, 7, &ranges);
         assert!(on.contains("hashint8extended(OLD.\"id\"::int8, 7) <@ '{[10,)}'::int8multirange"));
         assert!(on.contains(&format!(

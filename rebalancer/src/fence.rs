@@ -36,8 +36,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use postshard_router::map::Table;
-use postshard_router::{describe_db_error, ShardMap, Token};
+use postshard_router::{describe_db_error, ShardMap};
 use tokio_postgres::Client;
+
+pub use crate::token_range::TokenRange;
+use crate::token_range::{multirange_literal, union, RING_END};
 
 /// Schema of postshard's objects on every shard.
 pub const SHARD_SCHEMA: &str = "postshard";
@@ -80,46 +83,14 @@ fn query_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> FenceErr
     }
 }
 
-/// Tokens `from ..= last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TokenRange {
-    /// First token.
-    pub from: Token,
-    /// Last token (inclusive).
-    pub last: Token,
-}
-
-impl TokenRange {
-    /// The range as an `int8range` literal (half-open, unbounded above when
-    /// it ends at the last token).
-    fn sql_literal(self) -> String {
-        if self.last == Token::MAX {
-            format!("[{},)", self.from)
-        } else {
-            format!("[{},{})", self.from, i128::from(self.last) + 1)
-        }
-    }
-}
-
-/// `ranges` as an `int8multirange` literal.
-fn multirange_literal(ranges: &[TokenRange]) -> String {
-    let parts: Vec<String> = ranges.iter().map(|r| r.sql_literal()).collect();
-    format!("{{{}}}", parts.join(","))
-}
-
 /// The token ranges shard `shard` owns in `map`, adjacent arcs merged.
 pub fn owned_ranges(map: &ShardMap, shard: usize) -> Vec<TokenRange> {
-    let mut ranges: Vec<TokenRange> = Vec::new();
-    for arc in map.ring().arcs().filter(|a| a.shard == shard) {
-        match ranges.last_mut() {
-            Some(prev) if i128::from(prev.last) + 1 == i128::from(arc.from) => prev.last = arc.last,
-            _ => ranges.push(TokenRange {
-                from: arc.from,
-                last: arc.last,
-            }),
-        }
-    }
-    ranges
+    union(
+        map.ring()
+            .arcs()
+            .filter(|a| a.shard == shard)
+            .filter_map(|a| TokenRange::inclusive(a.from, a.last).ok()),
+    )
 }
 
 /// A shard's fence row.
@@ -330,9 +301,10 @@ pub async fn read(client: &Client) -> Result<FenceState, FenceError> {
         lower
             .into_iter()
             .zip(upper)
-            .map(|(l, u)| TokenRange {
-                from: l.unwrap_or(Token::MIN),
-                last: u.map_or(Token::MAX, |u| u.saturating_sub(1)),
+            // A multirange holds no empty ranges; NULL bounds are the ring's ends.
+            .filter_map(|(l, u)| {
+                let from = l.map_or(i128::from(i64::MIN), i128::from);
+                TokenRange::new(from, u.map_or(RING_END, i128::from)).ok()
             })
             .collect()
     };
@@ -478,6 +450,7 @@ pub async fn wait_for_older_transactions(
 mod tests {
     use super::*;
     use postshard_router::map::raw::{RawMap, RawShard, RawTable};
+    use postshard_router::Token;
 
     fn map(ring: &[(Token, usize)]) -> ShardMap {
         let raw = RawMap::new(
@@ -496,39 +469,13 @@ mod tests {
     #[test]
     fn owned_ranges_merge_adjacent_arcs_and_reach_the_ends() {
         let m = map(&[(i64::MIN, 0), (-5, 0), (0, 1), (10, 0)]);
+        let r = |from, last| TokenRange::inclusive(from, last).unwrap();
+        assert_eq!(owned_ranges(&m, 0), vec![r(i64::MIN, -1), r(10, i64::MAX)]);
+        assert_eq!(owned_ranges(&m, 1), vec![r(0, 9)]);
         assert_eq!(
-            owned_ranges(&m, 0),
-            vec![
-                TokenRange {
-                    from: i64::MIN,
-                    last: -1
-                },
-                TokenRange {
-                    from: 10,
-                    last: i64::MAX
-                }
-            ]
-        );
-        assert_eq!(owned_ranges(&m, 1), vec![TokenRange { from: 0, last: 9 }]);
-    }
-
-    #[test]
-    fn literals_are_half_open_and_unbounded_at_the_top() {
-        let ranges = [
-            TokenRange {
-                from: i64::MIN,
-                last: -1,
-            },
-            TokenRange {
-                from: 10,
-                last: i64::MAX,
-            },
-        ];
-        assert_eq!(
-            multirange_literal(&ranges),
+            multirange_literal(&owned_ranges(&m, 0)),
             "{[-9223372036854775808,0),[10,)}"
         );
-        assert_eq!(multirange_literal(&[]), "{}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_postgres::Client;
 
 use crate::control::{self, ControlError, Seeded};
 use crate::fence;
+use crate::token_range::TokenRange;
 
 /// A failure of `init`.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +175,7 @@ pub async fn init(
 pub async fn prepare_shards(
     map: &ShardMap,
     epoch: u64,
-    owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+    owned: &(dyn Fn(usize) -> Vec<TokenRange> + Sync),
     options: &InitOptions,
 ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
     prepare_shards_where(map, epoch, owned, &|_| true, options).await
@@ -187,7 +188,7 @@ pub async fn prepare_shards(
 pub async fn prepare_shards_where(
     map: &ShardMap,
     epoch: u64,
-    owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+    owned: &(dyn Fn(usize) -> Vec<TokenRange> + Sync),
     install: &(dyn Fn(usize) -> bool + Sync),
     options: &InitOptions,
 ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {
@@ -263,7 +264,7 @@ impl Inspected {
         mut self,
         map: &ShardMap,
         epoch: u64,
-        owned: &(dyn Fn(usize) -> Vec<fence::TokenRange> + Sync),
+        owned: &(dyn Fn(usize) -> Vec<TokenRange> + Sync),
         install: &(dyn Fn(usize) -> bool + Sync),
         options: &InitOptions,
     ) -> Result<(Vec<ShardCopy>, Vec<String>), InitError> {

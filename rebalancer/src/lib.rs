@@ -3,7 +3,8 @@
 //! [`layout`] computes the ideal division of the token space by weight;
 //! [`skew`] measures how unevenly load is spread; [`plan`] plans the token
 //! moves that add, remove or reweight shards or even out load; [`range`]
-//! copies, checksums and deletes token ranges and verifies a whole cluster.
+//! copies, checksums and deletes token ranges and verifies a whole cluster;
+//! [`token_range`] owns the one type for a range of tokens and its SQL.
 
 pub mod capture;
 pub mod control;
@@ -16,3 +17,4 @@ pub mod plan;
 pub mod range;
 pub mod simulate;
 pub mod skew;
+pub mod token_range;

@@ -65,21 +65,18 @@ fn shards_refuse_unowned_and_fenced_tokens_and_raising_waits_for_older_writers()
         }
 
         // Fence the upper half of shard 0's range, holding one row already.
-        let fenced = TokenRange {
-            from: i64::MIN / 2,
-            last: -1,
-        };
-        let in_fence = |t: i64| (fenced.from..=fenced.last).contains(&t);
+        let fenced = TokenRange::inclusive(i64::MIN / 2, -1).unwrap();
+        let in_fence = |t: i64| fenced.contains(t);
         let fenced_row = key_where(&map, 2_000, in_fence);
         s0.execute(insert, &[&fenced_row]).await.unwrap();
         let other = connect(&cluster.servers()[0].url()).await;
-        let warm = key_where(&map, 3_000, |t| t < fenced.from);
+        let warm = key_where(&map, 3_000, |t| t < fenced.from());
         other.execute(insert, &[&warm]).await.unwrap();
         fence::raise(&s0, &[fenced], Duration::from_secs(5))
             .await
             .unwrap();
         let inside = key_where(&map, 1_000, in_fence);
-        let outside = key_where(&map, 1_000, |t| t < fenced.from);
+        let outside = key_where(&map, 1_000, |t| t < fenced.from());
         let e = s0.execute(insert, &[&inside]).await.unwrap_err();
         let (code, message) = sqlstate_and_message(&e);
         assert_eq!(code, "PS001");

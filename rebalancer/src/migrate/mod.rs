@@ -52,6 +52,7 @@ use crate::fence::{self, FenceError};
 use crate::init::{InitError, InitOptions};
 use crate::plan::{ApplyError, Plan, PlanFileError};
 use crate::range::{BadRange, ChecksumError, CopyError, DeleteError};
+use crate::token_range::TokenRange;
 
 pub use run::{abort, apply, resume};
 pub use status::{status, Status};
@@ -442,26 +443,10 @@ pub fn steps(mode: Mode, moves: u32) -> Vec<StepId> {
 }
 
 /// The ranges shard `name` owns in `map` (none when it is not in `map`).
-pub(crate) fn owned_by(map: &ShardMap, name: &str) -> Vec<fence::TokenRange> {
+pub(crate) fn owned_by(map: &ShardMap, name: &str) -> Vec<TokenRange> {
     map.shard_index(name)
         .map(|i| fence::owned_ranges(map, i))
         .unwrap_or_default()
-}
-
-/// `a ∪ b`, sorted, overlapping and adjacent ranges merged.
-pub(crate) fn union(a: &[fence::TokenRange], b: &[fence::TokenRange]) -> Vec<fence::TokenRange> {
-    let mut all: Vec<fence::TokenRange> = a.iter().chain(b).copied().collect();
-    all.sort();
-    let mut out: Vec<fence::TokenRange> = Vec::with_capacity(all.len());
-    for r in all {
-        match out.last_mut() {
-            Some(prev) if i128::from(r.from) <= i128::from(prev.last) + 1 => {
-                prev.last = prev.last.max(r.last);
-            }
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 /// The shard names of `old` then those `new` adds, each once.
@@ -541,22 +526,5 @@ mod tests {
                 "cleaned@1"
             ]
         );
-    }
-
-    #[test]
-    fn union_merges_overlapping_and_adjacent_ranges() {
-        let r = |from, last| fence::TokenRange { from, last };
-        assert_eq!(
-            union(
-                &[r(10, 19), r(40, 49)],
-                &[r(20, 29), r(45, 60), r(100, 100)]
-            ),
-            vec![r(10, 29), r(40, 60), r(100, 100)]
-        );
-        assert_eq!(
-            union(&[r(i64::MIN, -1)], &[r(0, i64::MAX)]),
-            vec![r(i64::MIN, i64::MAX)]
-        );
-        assert_eq!(union(&[], &[]), vec![]);
     }
 }

@@ -20,11 +20,11 @@ use tokio::sync::mpsc;
 
 use super::failpoint::{self, When};
 use super::run::{backoff, MoveRange, Run};
-use super::{union, Event, MigrateError, StepId};
+use super::{Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
 use crate::control::Phase;
-use crate::fence;
 use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
+use crate::token_range::{union, TokenRange};
 
 /// How long a catch-up may run without its backlog shrinking before it
 /// reports a `stall` (it keeps going).
@@ -47,14 +47,13 @@ impl<'a> Run<'a> {
     }
 
     /// Every range of this plan leaving `source`: what its capture covers.
-    fn leaving(&self, source: &str) -> Vec<fence::TokenRange> {
-        let ranges: Vec<fence::TokenRange> = self
-            .moves
-            .iter()
-            .filter(|m| m.source == source)
-            .map(|m| m.fence)
-            .collect();
-        union(&ranges, &[])
+    fn leaving(&self, source: &str) -> Vec<TokenRange> {
+        union(
+            self.moves
+                .iter()
+                .filter(|m| m.source == source)
+                .map(|m| m.range),
+        )
     }
 
     /// `capturing`: capture on for every range leaving the source (the same

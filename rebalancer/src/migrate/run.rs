@@ -18,31 +18,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use postshard_router::live_map::live_epoch;
-use postshard_router::{connect, ConnUrl, ShardMap, Token};
+use postshard_router::{connect, ConnUrl, ShardMap};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use super::failpoint::{self, When};
 use super::{
-    all_shards, owned_by, steps, stored_plan, union, Event, MigrateError, Mode, MoveOptions, StepId,
+    all_shards, owned_by, steps, stored_plan, Event, MigrateError, Mode, MoveOptions, StepId,
 };
 use crate::control::{self, ControlError, Migration, MigrationState, Phase};
 use crate::fence::{self, FenceError};
 use crate::init::{prepare_shards_where, InitError};
 use crate::plan::Plan;
 use crate::range::{self, checksum_range, copy_range, delete_range, CopySpec, Endpoint};
+use crate::token_range::{union, TokenRange};
 
 /// Advisory lock class of a running migration (`pg_try_advisory_lock(class, id)`).
 const RUN_LOCK_CLASS: i32 = 0x7073_6d67; // "psmg"
 
-/// One move of the plan, in the shapes the fence and the mover take.
+/// One move of the plan: its shards and its token range.
 #[derive(Debug, Clone)]
 pub(super) struct MoveRange {
     pub(super) index: u32,
     pub(super) source: String,
     pub(super) target: String,
-    pub(super) range: range::TokenRange,
-    pub(super) fence: fence::TokenRange,
+    pub(super) range: TokenRange,
     /// The plan's estimate of the rows moved.
     pub(super) estimate: Option<u64>,
 }
@@ -53,18 +53,13 @@ fn move_ranges(plan: &Plan) -> Result<Vec<MoveRange>, MigrateError> {
         .enumerate()
         .map(|(i, m)| {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let range = range::TokenRange::new(i128::from(m.from), m.to)
+            let range = TokenRange::new(i128::from(m.from), m.to)
                 .map_err(|source| MigrateError::Range { index, source })?;
-            let last = Token::try_from(range.to() - 1).unwrap_or(Token::MAX);
             Ok(MoveRange {
                 index,
                 source: m.source.clone(),
                 target: m.target.clone(),
                 range,
-                fence: fence::TokenRange {
-                    from: range.from(),
-                    last,
-                },
                 estimate: m.rows,
             })
         })
@@ -640,7 +635,7 @@ impl Run<'_> {
             (_, Phase::Fenced) => {
                 let m = self.move_at(step.move_index)?;
                 let client = self.shard(&m.source).await?;
-                fence::raise(&client, &[m.fence], self.options.fence_wait)
+                fence::raise(&client, &[m.range], self.options.fence_wait)
                     .await
                     .map_err(fence_error(&m.source))?;
                 self.fenced_at.insert(m.index, Instant::now());
@@ -817,7 +812,11 @@ impl Run<'_> {
         let base = self.old.version();
         let new_epoch = self.new.version();
         for target in self.targets() {
-            let owned = union(&owned_by(&self.old, &target), &owned_by(&self.new, &target));
+            let owned = union(
+                owned_by(&self.old, &target)
+                    .into_iter()
+                    .chain(owned_by(&self.new, &target)),
+            );
             let client = self.shard(&target).await?;
             fence::set_owned(&client, base, &owned, self.options.fence_wait)
                 .await
@@ -868,7 +867,7 @@ impl Run<'_> {
             index: m.index,
             source,
         })?;
-        fence::lower(&client, &[m.fence])
+        fence::lower(&client, &[m.range])
             .await
             .map_err(fence_error(&m.source))
     }
@@ -918,7 +917,11 @@ impl Run<'_> {
         for m in &self.moves {
             if let Some((table, _, _)) = self.differing_table(m).await? {
                 for target in self.targets() {
-                    let owned = union(&owned_by(&self.old, &target), &owned_by(&self.new, &target));
+                    let owned = union(
+                        owned_by(&self.old, &target)
+                            .into_iter()
+                            .chain(owned_by(&self.new, &target)),
+                    );
                     let client = self.shard(&target).await?;
                     fence::set_owned(&client, self.old.version(), &owned, self.options.fence_wait)
                         .await
@@ -963,7 +966,7 @@ impl Run<'_> {
                 self.capture_off(m).await?;
             }
             let source = self.shard(&m.source).await?;
-            fence::lower(&source, &[m.fence])
+            fence::lower(&source, &[m.range])
                 .await
                 .map_err(fence_error(&m.source))?;
             self.event(Some(m.index), "undone", json!({}));

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use postshard_router::ring::Ring;
 use postshard_router::Token;
 
-/// One past the last token of the ring (2^63).
-pub const RING_END: i128 = 1 << 63;
+pub use crate::token_range::RING_END;
 
 /// A token range [from, to) changing owner. `to` is exclusive and may be 2^63
 /// (end of ring), hence i128.

@@ -18,8 +18,6 @@ pub mod schema;
 mod tuples;
 pub mod verify;
 
-use postshard_router::map::Table;
-use postshard_router::Token;
 use tokio_postgres::Client;
 
 pub use checksum::{checksum_range, ChecksumError, TableChecksum};
@@ -30,85 +28,7 @@ pub use delete::{delete_range, DeleteError, TableDeleted, DEFAULT_BATCH_ROWS};
 pub use schema::{read_schema, Column, SchemaError, TableSchema};
 pub use verify::{verify, Problem, ProblemKind, VerifyError, VerifyOptions, VerifyReport};
 
-/// One past the last token of the ring (2^63).
-pub const RING_END: i128 = 1 << 63;
-
-/// A token range `[from, to)`: `from` is a token, `to` is exclusive and may
-/// be 2^63 (the top of the ring), hence `i128`. Ranges do not wrap: the ring
-/// starts at `i64::MIN`. Never empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenRange {
-    from: Token,
-    to: i128,
-}
-
-/// A range that is empty, reversed or past the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("token range [{from}, {to}) is not a non-empty part of the ring [-2^63, 2^63)")]
-pub struct BadRange {
-    /// First token asked for.
-    pub from: i128,
-    /// End asked for (exclusive).
-    pub to: i128,
-}
-
-impl TokenRange {
-    /// The range `[from, to)`; a planned move's range is
-    /// `TokenRange::new(m.from.into(), m.to)` (`Move` and `PlannedMove` alike).
-    ///
-    /// Errors: [`BadRange`] unless `i64::MIN <= from < to <= 2^63`.
-    pub fn new(from: i128, to: i128) -> Result<TokenRange, BadRange> {
-        match Token::try_from(from) {
-            Ok(start) if from < to && to <= RING_END => Ok(TokenRange { from: start, to }),
-            _ => Err(BadRange { from, to }),
-        }
-    }
-
-    /// The whole ring.
-    pub fn ring() -> TokenRange {
-        TokenRange {
-            from: Token::MIN,
-            to: RING_END,
-        }
-    }
-
-    /// First token.
-    pub fn from(&self) -> Token {
-        self.from
-    }
-
-    /// One past the last token (up to 2^63).
-    pub fn to(&self) -> i128 {
-        self.to
-    }
-
-    /// Whether `token` lies in the range.
-    pub fn contains(&self, token: Token) -> bool {
-        self.from <= token && i128::from(token) < self.to
-    }
-
-    /// SQL that is true for rows of `table` whose key's token lies in the
-    /// range (false for NULL keys). Bounds and seed are spelled as typed
-    /// literals (COPY takes no parameters), so the comparison stays on
-    /// `int8` and can use an expression index on the token.
-    pub fn predicate(&self, table: &Table, seed: i64) -> String {
-        let token = format!(
-            "hashint8extended({}::int8, '{seed}'::int8)",
-            table.sql_key()
-        );
-        let mut sql = format!("{token} >= '{}'::int8", self.from);
-        if let Ok(end) = Token::try_from(self.to) {
-            sql.push_str(&format!(" AND {token} < '{end}'::int8"));
-        }
-        sql
-    }
-}
-
-impl std::fmt::Display for TokenRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}, {})", self.from, self.to)
-    }
-}
+pub use crate::token_range::{BadRange, TokenRange, RING_END};
 
 /// One side of a move: a shard's name (for errors) and a connection to it.
 /// Pooled connections from `Router::client_of` deref to a [`Client`].
@@ -157,42 +77,6 @@ pub(crate) async fn begin_snapshot<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_must_be_non_empty_parts_of_the_ring() {
-        let min = i128::from(i64::MIN);
-        for (from, to, ok) in [
-            (min, RING_END, true),
-            (0, 1, true),
-            (min - 1, 0, false),
-            (0, 0, false),
-            (5, 4, false),
-            (0, RING_END + 1, false),
-        ] {
-            assert_eq!(TokenRange::new(from, to).is_ok(), ok, "[{from}, {to})");
-        }
-    }
-
-    #[test]
-    fn top_of_ring_has_no_upper_bound() {
-        let posts = Table {
-            name: "posts".into(),
-            key: "id".into(),
-        };
-        let top = TokenRange::new(0, RING_END).unwrap();
-        assert_eq!(
-            top.predicate(&posts, 7),
-            "hashint8extended(\"id\"::int8, '7'::int8) >= '0'::int8"
-        );
-        let low = TokenRange::new(i128::from(i64::MIN), -5).unwrap();
-        assert_eq!(
-            low.predicate(&posts, 0),
-            "hashint8extended(\"id\"::int8, '0'::int8) >= '-9223372036854775808'::int8 \
-             AND hashint8extended(\"id\"::int8, '0'::int8) < '-5'::int8"
-        );
-        assert!(top.contains(i64::MAX) && !top.contains(-1));
-        assert!(low.contains(i64::MIN) && low.contains(-6) && !low.contains(-5));
-    }
 
     #[test]
     fn identifiers_are_quoted_with_doubled_quotes() {
