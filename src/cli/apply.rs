@@ -9,6 +9,7 @@ use postshard_router::map::env_var;
 use postshard_router::ShardMap;
 
 use super::map_source::runtime;
+use super::progress::{Progress, Style};
 use super::Failure;
 
 /// Arguments of `postshard apply`.
@@ -24,9 +25,47 @@ pub struct Args {
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
     map: PathBuf,
-    /// One JSON event per line instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How a migration is shown: text with progress bars (on a terminal),
+/// `--quiet`, or `--json`.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// One JSON event per line on stdout (phase changes, progress, stall,
+    /// done), each with a `time`, for scripts; no text, no bars.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+    /// Print only errors and the final line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    /// A renderer for these flags.
+    pub fn progress(&self) -> Progress {
+        Progress::new(Style::from_flags(self.quiet, self.json))
+    }
+}
+
+/// Runs `work` with `progress` receiving its events; ends the output with
+/// `last` on success, or clears the bars before the error is printed.
+pub fn with_progress<T>(
+    mut progress: Progress,
+    work: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<T, Failure>,
+    last: impl FnOnce(&T) -> String,
+) -> Result<T, Failure> {
+    match work(&mut |e| progress.event(e)) {
+        Ok(value) => {
+            progress.finish(&last(&value))?;
+            Ok(value)
+        }
+        Err(e) => {
+            progress.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// The map file, which must name a control store.
@@ -50,45 +89,22 @@ pub fn failure(e: MigrateError) -> Failure {
     }
 }
 
-/// Prints one event, as text or a JSON line.
-pub fn print_event(json: bool, event: &Event) {
-    if json {
-        if let Ok(line) = serde_json::to_string(event) {
-            // A closed stdout must not stop a migration midway.
-            let _ = super::output::print(format!("{line}\n"));
-        }
-        return;
-    }
-    let what = match event.move_index {
-        Some(i) => format!("move {i}: {}", event.event),
-        None => event.event.clone(),
-    };
-    let detail = match &event.detail {
-        serde_json::Value::Object(o) if o.is_empty() => String::new(),
-        serde_json::Value::Null => String::new(),
-        d => format!(" {d}"),
-    };
-    let _ = super::output::print(format!("migration {}: {what}{detail}\n", event.migration));
-}
-
 /// Applies the plan; exit 0 once the migration is done.
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let plan = Plan::from_path(&args.plan).map_err(Failure::invalid)?;
     let options = MoveOptions::default();
-    let json = args.json;
-    let id = runtime()?
-        .block_on(migrate::apply(
-            &map,
-            &plan,
-            &args.mode,
-            &env_var,
-            &options,
-            &mut |e| print_event(json, e),
-        ))
-        .map_err(failure)?;
-    if !json {
-        super::output::print(format!("migration {id}: done\n"))?;
-    }
+    let runtime = runtime()?;
+    with_progress(
+        args.output.progress(),
+        |on_event| {
+            runtime
+                .block_on(migrate::apply(
+                    &map, &plan, &args.mode, &env_var, &options, on_event,
+                ))
+                .map_err(failure)
+        },
+        |id| format!("migration {id}: done"),
+    )?;
     Ok(())
 }

@@ -10,6 +10,7 @@ mod map_init;
 mod map_source;
 mod output;
 mod plan;
+mod progress;
 mod resume;
 mod route;
 mod skew_live;

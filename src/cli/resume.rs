@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use postshard_rebalancer::migrate::{self, MoveOptions};
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, print_event};
+use super::apply::{control_map, failure, with_progress, OutputArgs};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -19,26 +19,28 @@ pub struct Args {
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
     map: PathBuf,
-    /// One JSON event per line instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Resumes; exit 0 once the migration is done (or its abort finished).
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
-    let json = args.json;
-    let id = runtime()?
-        .block_on(migrate::resume(
-            &map,
-            args.id,
-            &env_var,
-            &MoveOptions::default(),
-            &mut |e| print_event(json, e),
-        ))
-        .map_err(failure)?;
-    if !json {
-        super::output::print(format!("migration {id}: finished\n"))?;
-    }
+    let runtime = runtime()?;
+    with_progress(
+        args.output.progress(),
+        |on_event| {
+            runtime
+                .block_on(migrate::resume(
+                    &map,
+                    args.id,
+                    &env_var,
+                    &MoveOptions::default(),
+                    on_event,
+                ))
+                .map_err(failure)
+        },
+        |id| format!("migration {id}: finished"),
+    )?;
     Ok(())
 }

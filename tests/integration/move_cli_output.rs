@@ -1,0 +1,215 @@
+//! What `apply`, `resume` and `status` print, through the built binary as
+//! a script or a log sees it (stdout and stderr are pipes, not terminals):
+//! `--json` lines all parse, carry a time and run through the phases in
+//! order to `done`; `--quiet` prints the final line only; text has no
+//! escape codes (no bars off a terminal); `status` shows a migration's
+//! phase and rows copied during and after it, and `--watch` refreshes.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::runtime;
+use crate::move_support::{plan_file, text, Forum};
+
+const ESC: u8 = 0x1b;
+
+fn no_escape_codes(what: &str, bytes: &[u8]) {
+    assert!(
+        !bytes.contains(&ESC),
+        "{what} has escape codes: {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+}
+
+/// Every line of `stdout` as JSON.
+fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// The status as JSON, and migration `id` in it.
+fn status_of(forum: &Forum, id: i64) -> (Value, Value) {
+    let out = forum.postshard(&["status", "--json"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = status["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("migration {id} in {status}"))
+        .clone();
+    (status, m)
+}
+
+/// Rows copied by a move, from status's per-table counts.
+fn copied(mv: &Value) -> u64 {
+    mv["copied"]
+        .as_object()
+        .unwrap_or_else(|| panic!("copied rows in {mv}"))
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn json_quiet_text_and_status_show_a_migration() {
+    let forum = Forum::start(300);
+    runtime().block_on(async {
+        // --json: every line an event with a time; phases in order; done last.
+        let plan = forum.add_plan().await;
+        let file = plan_file(&plan);
+        let out = forum.postshard(&["apply", file.path().to_str().unwrap(), "--json"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        let events = json_lines(&out.stdout);
+        let id = events[0]["migration"].as_i64().unwrap();
+        for e in &events {
+            assert_eq!(e["migration"], id, "{e}");
+            let time = e["time"].as_str().unwrap_or_else(|| panic!("time in {e}"));
+            assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+            assert!(e["event"].is_string() && e.get("detail").is_some(), "{e}");
+        }
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        let mut at = 0;
+        for phase in [
+            "planned",
+            "prepared",
+            "fenced",
+            "copied",
+            "verified",
+            "flipped",
+            "routers_acked",
+            "cleaned",
+            "done",
+        ] {
+            let found = names[at..]
+                .iter()
+                .position(|n| *n == phase)
+                .unwrap_or_else(|| panic!("{phase} after {:?} in {names:?}", names.get(at)));
+            at += found + 1;
+        }
+        assert_eq!(names.last(), Some(&"done"), "{names:?}");
+        // Status after: done, every move cleaned, its rows counted as moved.
+        let live = forum.live().await;
+        let (status, m) = status_of(&forum, id);
+        assert_eq!(status["epoch"], live.version(), "{status}");
+        assert_eq!(m["state"], "done", "{m}");
+        let rows = forum.rows().await;
+        let on_new = rows.posts.iter().filter(|(s, _)| *s == 2).count()
+            + rows.comments.iter().filter(|(s, _)| *s == 2).count();
+        let moves = m["moves"].as_array().unwrap();
+        assert!(moves.iter().all(|mv| mv["phase"] == "cleaned"), "{m}");
+        assert_eq!(moves.iter().map(copied).sum::<u64>(), on_new as u64, "{m}");
+        assert!(on_new > 0);
+
+        // --quiet, killed mid-move: nothing at all on stdout.
+        let back = plan_file(&plan.reverse());
+        let back_arg = back.path().to_str().unwrap();
+        let out = forum.postshard(
+            &["apply", back_arg, "--quiet"],
+            &[("POSTSHARD_FAILPOINT", "verified@0")],
+        );
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(out.stdout.is_empty(), "{}", text(&out));
+        // Status during the move: active, the move verified with its rows.
+        let (_, m) = status_of(&forum, id + 1);
+        assert_eq!(m["state"], "active", "{m}");
+        assert_eq!(m["phase"], "prepared", "{m}");
+        let first = &m["moves"][0];
+        assert_eq!(first["phase"], "verified", "{m}");
+        let during = copied(first);
+        assert!(during > 0, "{m}");
+        let out = forum.postshard(&["status"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let shown = String::from_utf8(out.stdout).unwrap();
+        let heading = format!(
+            "migration {} (active, blocking, from epoch {}): prepared",
+            id + 1,
+            live.version()
+        );
+        assert!(shown.contains(&heading), "{shown}");
+        let move_line = shown
+            .lines()
+            .skip_while(|l| !l.contains(&heading))
+            .find(|l| l.trim_start().starts_with("move 0 "))
+            .unwrap_or_else(|| panic!("move 0 of migration {} in {shown}", id + 1));
+        assert!(
+            move_line.contains(": verified, ")
+                && move_line.contains(&format!("{during} rows copied")),
+            "{move_line}"
+        );
+
+        // Text off a terminal: plain lines, no bars, no escape codes.
+        let out = forum.postshard(&["resume"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        no_escape_codes("stdout", &out.stdout);
+        no_escape_codes("stderr", &out.stderr);
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        let shown = String::from_utf8(out.stdout).unwrap();
+        let prefix = format!("migration {}: ", id + 1);
+        assert!(shown.lines().all(|l| l.starts_with(&prefix)), "{shown}");
+        assert!(
+            shown.contains(&format!("{prefix}flipped epoch=")),
+            "{shown}"
+        );
+        assert_eq!(
+            shown.lines().last(),
+            Some(format!("{prefix}finished").as_str()),
+            "{shown}"
+        );
+
+        // --quiet to the end: the final line only.
+        let again = plan_file(&forum.add_plan().await);
+        let out = forum.postshard(&["apply", again.path().to_str().unwrap(), "--quiet"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("migration {}: done\n", id + 2),
+            "{}",
+            text(&out)
+        );
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+
+        // --json and --quiet together is a usage error.
+        let out = forum.postshard(
+            &["apply", file.path().to_str().unwrap(), "--json", "-q"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(out.stdout.is_empty(), "{}", text(&out));
+    });
+
+    // status --watch refreshes until stopped; one JSON object per line.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_postshard"))
+        .args([
+            "status",
+            "--watch",
+            "1",
+            "--json",
+            "--map",
+            forum.map_path(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let refreshes = json_lines(&out.stdout);
+    assert!(refreshes.len() >= 2, "{}", text(&out));
+    for r in &refreshes {
+        assert!(r["time"].is_string() && r["epoch"].is_u64(), "{r}");
+        assert_eq!(r["migrations"].as_array().unwrap().len(), 3, "{r}");
+    }
+}
