@@ -3,7 +3,8 @@
 //! `--json` lines all parse, carry a time and run through the phases in
 //! order to `done`; `--quiet` prints the final line only; text has no
 //! escape codes (no bars off a terminal); `status` shows a migration's
-//! phase and rows copied during and after it, and `--watch` refreshes.
+//! phase and rows copied during and after it, and `--watch` refreshes; on
+//! a terminal, bars go to stderr and stdout keeps its plain lines.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -168,7 +169,8 @@ fn json_quiet_text_and_status_show_a_migration() {
         );
 
         // --quiet to the end: the final line only.
-        let again = plan_file(&forum.add_plan().await);
+        let again_plan = forum.add_plan().await;
+        let again = plan_file(&again_plan);
         let out = forum.postshard(&["apply", again.path().to_str().unwrap(), "--quiet"], &[]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(
@@ -178,6 +180,40 @@ fn json_quiet_text_and_status_show_a_migration() {
             text(&out)
         );
         assert!(out.stderr.is_empty(), "{}", text(&out));
+
+        // On a terminal (a pty from util-linux `script`): bars on stderr,
+        // stdout (a file here) still plain lines.
+        let back = plan_file(&again_plan.reverse());
+        let back_arg = back.path().to_str().unwrap();
+        let lines = tempfile::NamedTempFile::new().unwrap();
+        let command = format!(
+            "{} apply {back_arg} --map {} > {}",
+            env!("CARGO_BIN_EXE_postshard"),
+            forum.map_path(),
+            lines.path().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("TERM", "xterm-256color")
+            .env_remove("POSTSHARD_FAILPOINT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("util-linux `script` runs a command on a pseudo-terminal");
+        assert!(out.status.success(), "{}", text(&out));
+        let terminal = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            terminal.contains("move 0") && out.stdout.contains(&ESC),
+            "no bar drawn on the terminal: {terminal:?}"
+        );
+        let stdout = std::fs::read(lines.path()).unwrap();
+        no_escape_codes("stdout beside the bars", &stdout);
+        let stdout = String::from_utf8(stdout).unwrap();
+        assert_eq!(
+            stdout.lines().last(),
+            Some(format!("migration {}: done", id + 3).as_str()),
+            "{stdout}"
+        );
+        assert!(stdout.contains(": move 0: fenced"), "{stdout}");
 
         // --json and --quiet together is a usage error.
         let out = forum.postshard(
@@ -210,6 +246,6 @@ fn json_quiet_text_and_status_show_a_migration() {
     assert!(refreshes.len() >= 2, "{}", text(&out));
     for r in &refreshes {
         assert!(r["time"].is_string() && r["epoch"].is_u64(), "{r}");
-        assert_eq!(r["migrations"].as_array().unwrap().len(), 3, "{r}");
+        assert_eq!(r["migrations"].as_array().unwrap().len(), 4, "{r}");
     }
 }
