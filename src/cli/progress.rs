@@ -15,8 +15,9 @@
 //!
 //! Events are read generically ([`Reading`]), never by name, so events the
 //! orchestrator adds later render without changes: an event whose `detail`
-//! carries a row count (`rows`) or a lag (`lag`, `lag_*`) is progress;
-//! anything else is a phase line with its detail as `key=value` pairs.
+//! carries a row count (`rows`) or a catch-up lag (`backlog`, `lag`,
+//! `lag_*`) is progress; anything else is a phase line with its detail as
+//! `key=value` pairs.
 //!
 //! Output goes through [`super::output`]: a closed stdout silences the rest
 //! of the migration's output (the migration itself goes on) and the command
@@ -62,16 +63,17 @@ impl Style {
 }
 
 /// What an event's detail says about progress, read by key, not by event
-/// name: `rows` (rows copied so far), `estimate` (rows expected), `table`
-/// (when rows are counted per table), `phase`, and any numeric `lag` or
-/// `lag_<unit>` (catch-up lag: `lag_rows`, `lag_ms`, `lag_bytes`…).
+/// name: `rows` (the move's rows copied so far), `estimate` (the move's rows
+/// expected), `table` (the table being copied), `phase`, and the catch-up
+/// lag: `backlog` (captured changes waiting), or any numeric `lag` or
+/// `lag_<unit>` (`lag_rows`, `lag_ms`, `lag_bytes`…).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reading {
-    /// Rows copied so far (of `table`, when given).
+    /// The move's rows copied so far.
     pub rows: Option<u64>,
-    /// Rows expected in all (of `table`, when given).
+    /// The move's rows expected in all.
     pub estimate: Option<u64>,
-    /// The table the counts are for.
+    /// The table being copied.
     pub table: Option<String>,
     /// A phase named in the detail.
     pub phase: Option<String>,
@@ -87,10 +89,10 @@ impl Reading {
         };
         let count = |keys: &[&str]| keys.iter().find_map(|k| o.get(*k).and_then(Value::as_u64));
         let lag = o.iter().find_map(|(k, v)| {
-            let unit = if k == "lag" {
-                ""
-            } else {
-                k.strip_prefix("lag_")?
+            let unit = match k.as_str() {
+                "lag" => "",
+                "backlog" => "changes",
+                other => other.strip_prefix("lag_")?,
             };
             Some((unit.to_string(), v.as_f64()?))
         });
@@ -203,8 +205,11 @@ pub fn json_line(event: &Event, now: SystemTime) -> Result<String, serde_json::E
 /// A move's progress as the events told it.
 #[derive(Debug, Default)]
 struct MoveState {
-    /// Rows and estimate per table (`""` when not per table).
-    tables: BTreeMap<String, (u64, Option<u64>)>,
+    /// Rows copied so far, once reported.
+    rows: Option<u64>,
+    estimate: Option<u64>,
+    /// The table being copied.
+    table: Option<String>,
     lag: Option<(String, f64)>,
     phase: String,
     first_rows: Option<(Instant, u64)>,
@@ -214,24 +219,19 @@ struct MoveState {
 
 impl MoveState {
     fn rows(&self) -> u64 {
-        self.tables.values().map(|(r, _)| *r).sum()
-    }
-
-    /// The sum of the estimates, once every table counted has one.
-    fn estimate(&self) -> Option<u64> {
-        self.tables.values().map(|(_, e)| *e).sum()
+        self.rows.unwrap_or(0)
     }
 
     fn update(&mut self, reading: &Reading) {
         if let Some(rows) = reading.rows {
-            let table = reading.table.clone().unwrap_or_default();
-            let entry = self.tables.entry(table).or_insert((0, None));
-            entry.0 = rows;
+            self.rows = Some(rows);
             if reading.estimate.is_some() {
-                entry.1 = reading.estimate;
+                self.estimate = reading.estimate;
             }
-            let total = self.rows();
-            self.first_rows.get_or_insert((Instant::now(), total));
+            if reading.table.is_some() {
+                self.table.clone_from(&reading.table);
+            }
+            self.first_rows.get_or_insert((Instant::now(), rows));
         }
         if reading.lag.is_some() {
             self.lag.clone_from(&reading.lag);
@@ -242,7 +242,7 @@ impl MoveState {
     fn summary(&self) -> String {
         let rows = self.rows();
         let mut out = format!("{} ", HumanCount(rows));
-        match self.estimate() {
+        match self.estimate {
             Some(est) if est > 0 => {
                 let pct = (rows as f64 / est as f64 * 100.0).min(100.0);
                 let _ = write!(out, "of ~{} rows ({pct:.0}%)", HumanCount(est));
@@ -262,12 +262,16 @@ impl MoveState {
         out
     }
 
-    /// The bar's message: phase, then lag when known.
+    /// The bar's message: phase, the table being copied, lag when known.
     fn message(&self) -> String {
-        match &self.lag {
-            Some(lag) => format!("{} · {}", self.phase, lag_text(lag)),
-            None => self.phase.clone(),
+        let mut out = self.phase.clone();
+        if let Some(table) = &self.table {
+            let _ = write!(out, " ({table})");
         }
+        if let Some(lag) = &self.lag {
+            let _ = write!(out, " · {}", lag_text(lag));
+        }
+        out
     }
 }
 
@@ -444,8 +448,8 @@ fn draw(multi: &MultiProgress, index: u32, state: &mut MoveState) {
             bar
         })
         .clone();
-    if !state.tables.is_empty() {
-        match state.estimate() {
+    if state.rows.is_some() {
+        match state.estimate {
             Some(est) if bar.length() != Some(est) => {
                 bar.set_style(bar_style());
                 // Never a length below what is already copied.
@@ -488,6 +492,14 @@ mod tests {
                 Reading {
                     phase: Some("catch_up".into()),
                     lag: Some(("rows".into(), 12.0)),
+                    ..Reading::default()
+                },
+                true,
+            ),
+            (
+                json!({"backlog": 0, "replayed": 12, "fenced": true}),
+                Reading {
+                    lag: Some(("changes".into(), 0.0)),
                     ..Reading::default()
                 },
                 true,
@@ -584,29 +596,32 @@ mod tests {
     }
 
     #[test]
-    fn plain_summary_adds_tables_and_estimates() {
+    fn plain_summary_shows_rows_of_the_estimate_and_lag() {
         let mut state = MoveState::default();
-        for (table, rows, estimate) in [("posts", 100, 400), ("comments", 300, 600)] {
+        assert!(state.summary().starts_with("0 rows"), "{}", state.summary());
+        // The online backfill's shape: the move's totals, the current table.
+        for (table, rows) in [("posts", 100), ("comments", 400)] {
             state.update(&Reading::of(
-                &json!({"table": table, "rows": rows, "estimate": estimate}),
+                &json!({"table": table, "table_rows": 50, "rows": rows, "estimate": 1000}),
             ));
         }
-        state.update(&Reading::of(&json!({"lag_rows": 7})));
         assert_eq!(state.rows(), 400);
-        assert_eq!(state.estimate(), Some(1000));
         assert!(
             state.summary().starts_with("400 of ~1,000 rows (40%)"),
             "{}",
             state.summary()
         );
+        // Catch-up's shape: the backlog of captured changes.
+        state.update(&Reading::of(
+            &json!({"backlog": 7, "replayed": 100, "fenced": false}),
+        ));
         assert!(
-            state.summary().ends_with("lag 7 rows"),
+            state.summary().ends_with("lag 7 changes"),
             "{}",
             state.summary()
         );
-        // A table without an estimate leaves the total unknown.
-        state.update(&Reading::of(&json!({"table": "votes", "rows": 5})));
-        assert_eq!(state.estimate(), None);
-        assert!(state.summary().starts_with("405 rows"));
+        assert_eq!(state.rows(), 400);
+        state.phase = "caught_up".into();
+        assert_eq!(state.message(), "caught_up (comments) · lag 7 changes");
     }
 }
