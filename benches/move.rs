@@ -656,7 +656,7 @@ fn main() {
         // Warm-up, then the window before the move.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = (origin.elapsed(), origin.elapsed() + window);
-        let cost_before = if mode != migrate::BLOCKING {
+        let cost_before = if mode != "blocking" {
             Some(insert_loop_cost(&source.url(), &loop_keys).await)
         } else {
             None
@@ -683,7 +683,7 @@ fn main() {
             let (source, keys, mode) = (source.url(), loop_keys.clone(), mode.clone());
             tokio::spawn(async move {
                 while let Some(e) = rx.recv().await {
-                    if mode != migrate::BLOCKING && e.detail.get("rows").is_some() {
+                    if mode != "blocking" && e.detail.get("rows").is_some() {
                         return Some(insert_loop_cost(&source, &keys).await);
                     }
                 }

@@ -5,6 +5,7 @@
 //! moves that add, remove or reweight shards or even out load; [`range`]
 //! copies, checksums and deletes token ranges and verifies a whole cluster.
 
+pub mod capture;
 pub mod control;
 pub mod fence;
 pub mod init;

@@ -1,5 +1,6 @@
-//! `postshard apply PLAN --mode blocking`: move the plan's ranges on the
-//! live cluster, journaled step by step in the control store.
+//! `postshard apply PLAN [--mode online|blocking]`: move the plan's ranges
+//! on the live cluster, journaled step by step in the control store. Ctrl-C
+//! stops at a resumable point.
 
 use std::path::{Path, PathBuf};
 
@@ -18,9 +19,10 @@ pub struct Args {
     /// The plan (from `postshard plan …`), made for the live epoch.
     #[arg(value_name = "PLAN.yaml")]
     plan: PathBuf,
-    /// How writes to moving ranges behave: `blocking` (they wait while the
-    /// range is copied).
-    #[arg(long, default_value = "blocking")]
+    /// How writes to moving ranges behave: `online` (they continue while
+    /// the range is copied; refused only from the final fence to the flip)
+    /// or `blocking` (refused while the range is copied).
+    #[arg(long, default_value = "online")]
     mode: String,
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
@@ -89,19 +91,34 @@ pub fn failure(e: MigrateError) -> Failure {
     }
 }
 
+/// Sets `cancel` on the first Ctrl-C (the run stops at its next resumable
+/// point and says how to resume).
+pub fn stop_on_ctrl_c(cancel: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = cancel.send(true);
+        }
+    });
+}
+
 /// Applies the plan; exit 0 once the migration is done.
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let plan = Plan::from_path(&args.plan).map_err(Failure::invalid)?;
-    let options = MoveOptions::default();
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let options = MoveOptions {
+        cancel: cancelled,
+        ..MoveOptions::default()
+    };
     let runtime = runtime()?;
     with_progress(
         args.output.progress(),
         |on_event| {
             runtime
-                .block_on(migrate::apply(
-                    &map, &plan, &args.mode, &env_var, &options, on_event,
-                ))
+                .block_on(async {
+                    stop_on_ctrl_c(cancel);
+                    migrate::apply(&map, &plan, &args.mode, &env_var, &options, on_event).await
+                })
                 .map_err(failure)
         },
         |id| format!("migration {id}: done"),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use postshard_rebalancer::migrate::{self, MoveOptions};
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, with_progress, OutputArgs};
+use super::apply::{control_map, failure, stop_on_ctrl_c, with_progress, OutputArgs};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -26,18 +26,20 @@ pub struct Args {
 /// Resumes; exit 0 once the migration is done (or its abort finished).
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    let options = MoveOptions {
+        cancel: cancelled,
+        ..MoveOptions::default()
+    };
     let runtime = runtime()?;
     with_progress(
         args.output.progress(),
         |on_event| {
             runtime
-                .block_on(migrate::resume(
-                    &map,
-                    args.id,
-                    &env_var,
-                    &MoveOptions::default(),
-                    on_event,
-                ))
+                .block_on(async {
+                    stop_on_ctrl_c(cancel);
+                    migrate::resume(&map, args.id, &env_var, &options, on_event).await
+                })
                 .map_err(failure)
         },
         |id| format!("migration {id}: finished"),

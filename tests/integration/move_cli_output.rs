@@ -9,6 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use postshard_rebalancer::migrate::{steps, Mode};
 use serde_json::Value;
 
 use crate::common::runtime;
@@ -80,24 +81,46 @@ fn json_quiet_text_and_status_show_a_migration() {
             .iter()
             .map(|e| e["event"].as_str().unwrap())
             .collect();
+        // Every step of an online move (the default mode), in order.
+        let moves = u32::try_from(plan.moves.len()).unwrap();
+        let mut expected = vec!["planned".to_string()];
+        expected.extend(
+            steps(Mode::Online, moves)
+                .iter()
+                .map(|s| s.phase.to_string()),
+        );
+        expected.push("done".into());
         let mut at = 0;
-        for phase in [
-            "planned",
-            "prepared",
-            "fenced",
-            "copied",
-            "verified",
-            "flipped",
-            "routers_acked",
-            "cleaned",
-            "done",
-        ] {
+        for phase in &expected {
             let found = names[at..]
                 .iter()
-                .position(|n| *n == phase)
+                .position(|n| n == phase)
                 .unwrap_or_else(|| panic!("{phase} after {:?} in {names:?}", names.get(at)));
             at += found + 1;
         }
+        // Backfill progress between `copied` and `copied_rows` of move 0:
+        // rows of the move that only grow, the last one all of them.
+        let of_move_0 = |name: &str| {
+            events
+                .iter()
+                .position(|e| e["event"] == name && e["move_index"] == 0)
+                .unwrap_or_else(|| panic!("{name} of move 0 in {names:?}"))
+        };
+        let (start, end) = (of_move_0("copied"), of_move_0("copied_rows"));
+        let rows: Vec<u64> = events[start..end]
+            .iter()
+            .filter(|e| e["event"] == "progress" && e["move_index"] == 0)
+            .map(|e| e["detail"]["rows"].as_u64().unwrap())
+            .collect();
+        assert!(!rows.is_empty(), "no progress in {names:?}");
+        assert!(rows.windows(2).all(|w| w[0] <= w[1]), "{rows:?}");
+        let committed: u64 = events[end]["detail"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(rows.last(), Some(&committed), "{rows:?}");
         assert_eq!(names.last(), Some(&"done"), "{names:?}");
         // Status after: done, every move cleaned, its rows counted as moved.
         let live = forum.live().await;
@@ -133,7 +156,7 @@ fn json_quiet_text_and_status_show_a_migration() {
         assert!(out.status.success(), "{}", text(&out));
         let shown = String::from_utf8(out.stdout).unwrap();
         let heading = format!(
-            "migration {} (active, blocking, from epoch {}): prepared",
+            "migration {} (active, online, from epoch {}): prepared",
             id + 1,
             live.version()
         );

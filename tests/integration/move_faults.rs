@@ -1,10 +1,11 @@
-//! `postshard apply` killed with SIGKILL at every journaled step: `resume`
-//! completes and `verify` passes; before the flip, `abort` restores the
-//! original state (rows, fences, catalogs); after it, abort is refused.
+//! `postshard apply` killed with SIGKILL at every journaled step, in both
+//! modes: `resume` completes and `verify` passes; before the flip, `abort`
+//! restores the original state (rows, fences, catalogs); after it, abort is
+//! refused. Nothing of the online mode's capture is left either way.
 
 use std::os::unix::process::ExitStatusExt;
 
-use postshard_rebalancer::migrate::steps;
+use postshard_rebalancer::migrate::{steps, Mode};
 use postshard_rebalancer::plan::Plan;
 
 use crate::common::runtime;
@@ -22,10 +23,15 @@ fn spec(step: &postshard_rebalancer::migrate::StepId) -> String {
 }
 
 /// Runs `apply` with the failpoint and asserts it died by SIGKILL there.
-fn apply_killed(forum: &Forum, plan: &Plan, failpoint: &str) {
+fn apply_killed(forum: &Forum, plan: &Plan, mode: Mode, failpoint: &str) {
     let file = plan_file(plan);
     let out = forum.postshard(
-        &["apply", file.path().to_str().unwrap(), "--mode", "blocking"],
+        &[
+            "apply",
+            file.path().to_str().unwrap(),
+            "--mode",
+            mode.as_str(),
+        ],
         &[("POSTSHARD_FAILPOINT", failpoint)],
     );
     assert_eq!(
@@ -58,6 +64,15 @@ fn succeeds(forum: &Forum, args: &[&str]) -> String {
 
 #[test]
 fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
+    killed_at_each_step(Mode::Blocking);
+}
+
+#[test]
+fn online_apply_killed_at_each_step_resumes_and_aborts_cleanly() {
+    killed_at_each_step(Mode::Online);
+}
+
+fn killed_at_each_step(mode: Mode) {
     let forum = Forum::start(600);
     let rt = runtime();
     rt.block_on(async {
@@ -66,7 +81,7 @@ fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
         assert_eq!(original_fences.len(), 2, "{original_fences:?}");
         let first = forum.add_plan().await;
         assert!(first.moves.len() >= 2, "{}", first.to_yaml());
-        let all = steps(u32::try_from(first.moves.len()).unwrap());
+        let all = steps(mode, u32::try_from(first.moves.len()).unwrap());
         let flip_at = all
             .iter()
             .position(|s| s.phase.as_str() == "flipped")
@@ -79,11 +94,15 @@ fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
         // Also once after a step's work, before the next step is journaled.
         cases.push(("copied@0:after".into(), true));
         cases.push(("flipped:after".into(), false));
+        if mode == Mode::Online {
+            cases.push(("capturing@1:after".into(), true));
+            cases.push(("caught_up@1:after".into(), true));
+        }
         for (failpoint, before_flip) in cases {
             eprintln!("failpoint {failpoint}");
             let epoch = forum.live().await.version();
             if before_flip {
-                apply_killed(&forum, &forum.add_plan().await, &failpoint);
+                apply_killed(&forum, &forum.add_plan().await, mode, &failpoint);
                 let id = active_migration(&forum);
                 if failpoint == "verified@1" {
                     // An abort killed midway is finished by resume.
@@ -108,11 +127,16 @@ fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
                     assert!(*fence_epoch <= epoch as i64);
                 }
                 assert_eq!(forum.live().await.version(), epoch);
+                assert_eq!(
+                    forum.leftovers().await,
+                    Vec::<String>::new(),
+                    "after abort at {failpoint}"
+                );
                 let out = forum.postshard(&["abort", &id], &[]);
                 assert_eq!(out.status.code(), Some(2), "abort twice: {}", text(&out));
             }
             let plan = forum.add_plan().await;
-            apply_killed(&forum, &plan, &failpoint);
+            apply_killed(&forum, &plan, mode, &failpoint);
             let id = active_migration(&forum);
             if !before_flip {
                 let out = forum.postshard(&["abort", &id], &[]);
@@ -142,9 +166,22 @@ fn apply_killed_at_each_step_resumes_and_aborts_cleanly() {
                 assert_eq!(fenced, "{}", "server {server} after resume at {failpoint}");
                 assert_eq!(relations, ONLY_FENCE);
             }
+            assert_eq!(
+                forum.leftovers().await,
+                Vec::<String>::new(),
+                "after resume at {failpoint}"
+            );
             // Back to two shards for the next case.
             let back = plan_file(&plan.reverse());
-            succeeds(&forum, &["apply", back.path().to_str().unwrap()]);
+            succeeds(
+                &forum,
+                &[
+                    "apply",
+                    back.path().to_str().unwrap(),
+                    "--mode",
+                    mode.as_str(),
+                ],
+            );
             let rows = forum.rows().await;
             assert_eq!(rows, original, "after moving back from {failpoint}");
         }

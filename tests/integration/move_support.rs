@@ -294,6 +294,42 @@ impl Forum {
     }
 }
 
+impl Forum {
+    /// Whatever a move may leave behind, on every server: capture triggers,
+    /// postshard relations other than the fence (the changelog), capture
+    /// functions, temporary tables, replication slots, publications and
+    /// subscriptions. Empty when clean.
+    pub async fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, server) in self.cluster.servers().iter().enumerate() {
+            let client = connect(&server.url()).await;
+            let found: Vec<String> = client
+                .query(
+                    "SELECT 'trigger ' || tgname || ' on ' || tgrelid::regclass FROM pg_trigger
+                     WHERE tgname LIKE '%capture%'
+                     UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE (n.nspname = 'postshard' AND c.relname NOT IN ('fence', 'fence_pkey'))
+                        OR c.relpersistence = 't'
+                     UNION ALL SELECT 'function postshard.' || p.proname FROM pg_proc p
+                     JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = 'postshard' AND p.proname LIKE '%\\_c'
+                     UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots
+                     UNION ALL SELECT 'publication ' || pubname FROM pg_publication
+                     UNION ALL SELECT 'subscription ' || subname FROM pg_subscription",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| format!("server {i}: {}", r.get::<_, String>(0)))
+                .collect();
+            out.extend(found);
+        }
+        out
+    }
+}
+
 /// A plan written to a temporary file.
 pub fn plan_file(plan: &Plan) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()

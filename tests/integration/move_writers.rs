@@ -17,10 +17,10 @@ use postshard_router::{ConnUrl, Router};
 use crate::common::{connect, runtime, Rng};
 use crate::move_support::{plan_file, text, CommentRow, Forum, PostRow};
 
-const WRITERS: i64 = 4;
+pub(crate) const WRITERS: i64 = 4;
 
 #[derive(Debug, Clone)]
-enum Body {
+pub(crate) enum Body {
     /// A seeded body, known by its md5 and length.
     Md5(String, i32),
     /// A body a writer wrote.
@@ -28,23 +28,23 @@ enum Body {
 }
 
 #[derive(Debug, Clone)]
-struct Post {
-    board: i32,
-    title: String,
-    body: Body,
-    comment_count: i32,
+pub(crate) struct Post {
+    pub(crate) board: i32,
+    pub(crate) title: String,
+    pub(crate) body: Body,
+    pub(crate) comment_count: i32,
 }
 
 /// What the writers had acknowledged: the expected rows.
 #[derive(Debug, Default, Clone)]
-struct Model {
-    posts: BTreeMap<i64, Post>,
+pub(crate) struct Model {
+    pub(crate) posts: BTreeMap<i64, Post>,
     /// Comment id → (post id, body).
-    comments: BTreeMap<i64, (i64, String)>,
+    pub(crate) comments: BTreeMap<i64, (i64, String)>,
 }
 
 impl Model {
-    fn merge(&mut self, other: Model) {
+    pub(crate) fn merge(&mut self, other: Model) {
         self.posts.extend(other.posts);
         self.comments.extend(other.comments);
     }
@@ -53,14 +53,15 @@ impl Model {
 /// One writer: works on the posts with `id % WRITERS == w` (seeded and its
 /// own), so writers never contend; returns what it acknowledged, its errors
 /// and how many writes it made.
-async fn writer(
+pub(crate) async fn writer(
     w: i64,
+    seed: u64,
     router: Arc<Router>,
     mut model: Model,
     stop: Arc<AtomicBool>,
     next_comment: Arc<AtomicI64>,
 ) -> (Model, Vec<String>, u64) {
-    let mut rng = Rng::new(0x5eed + w as u64);
+    let mut rng = Rng::new(0x5eed + w as u64 + (seed << 8));
     let mut errors = Vec::new();
     let mut writes = 0u64;
     let mut next_post = 0i64;
@@ -70,7 +71,7 @@ async fn writer(
         let dice = rng.next_u64() % 100;
         let result: Result<(), String> = async {
             if dice < 30 || ids.is_empty() {
-                let id = 10_000_000 + next_post * WRITERS + w;
+                let id = 10_000_000 + (seed as i64 * 1_000_000 + next_post) * WRITERS + w;
                 next_post += 1;
                 let board = (next_post % 5) as i32;
                 let title = format!("w{w} post {next_post}");
@@ -194,7 +195,7 @@ fn expect_one(n: u64, what: &str) -> Result<(), String> {
 }
 
 /// The model as rows, bodies hashed by the server.
-async fn expected_rows(
+pub(crate) async fn expected_rows(
     client: &tokio_postgres::Client,
     model: &Model,
 ) -> (Vec<PostRow>, Vec<CommentRow>) {
@@ -297,6 +298,7 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
             routers.push(router.clone());
             tasks.push(tokio::spawn(writer(
                 w as i64,
+                0,
                 router,
                 model,
                 stop.clone(),

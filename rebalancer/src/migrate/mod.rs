@@ -20,30 +20,106 @@
 //!    batches, then its fence is lowered (the source no longer owns it, so
 //!    writes there are still refused).
 //!
+//! In [`Mode::Online`] (the default) writes continue while the range is
+//! copied: per move `capturing` (change capture on the source, see
+//! [`crate::capture`]) and `copied` (backfill from one snapshot taken after
+//! capture is on), then per move `caught_up` (captured changes replayed
+//! until the backlog is small), then `fenced` for every move, then
+//! `verified` (the last backlog replayed under the fence, then compared);
+//! the flip, acknowledgements and clean-up (which also drops capture) are
+//! the blocking mode's. See [`steps`] and [`online`].
+//!
 //! `abort` undoes a migration whose flip has not committed; see
-//! [`blocking::abort`]. ARCHITECTURE.md ("Moves") argues why every step,
+//! [`run::abort`]. ARCHITECTURE.md ("Moves") argues why every step,
 //! and a crash at any of them, keeps each acknowledged write on exactly one
 //! owner.
 
-pub mod blocking;
 pub mod failpoint;
+pub mod online;
+pub mod run;
 pub mod status;
 
 use std::time::Duration;
 
 use postshard_router::{ConnUrl, ConnectError, ShardMap};
 
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::capture::CaptureError;
 use crate::control::{ControlError, Phase};
 use crate::fence::{self, FenceError};
 use crate::init::{InitError, InitOptions};
 use crate::plan::{ApplyError, Plan, PlanFileError};
 use crate::range::{BadRange, ChecksumError, CopyError, DeleteError};
 
-pub use blocking::{abort, apply, resume, Event};
+pub use run::{abort, apply, resume};
 pub use status::{status, Status};
 
-/// The only mode this module runs.
-pub const BLOCKING: &str = "blocking";
+/// How a migration moves its ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Writes to a moving range are refused (and retried by routers) while
+    /// it is copied, verified and flipped.
+    Blocking,
+    /// Writes continue during the copy; they are refused only from the
+    /// final fence to the flip.
+    Online,
+}
+
+impl Mode {
+    /// The name stored in the journal and taken by `--mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Blocking => "blocking",
+            Mode::Online => "online",
+        }
+    }
+
+    /// The mode named `name`.
+    ///
+    /// Errors: [`MigrateError::Mode`] for any other name.
+    pub fn parse(name: &str) -> Result<Mode, MigrateError> {
+        match name {
+            "blocking" => Ok(Mode::Blocking),
+            "online" => Ok(Mode::Online),
+            other => Err(MigrateError::Mode {
+                mode: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// What a migration reports as it goes, one flat record per event so that
+/// renderers (text, progress bars, `--json` lines) stay generic: `event`
+/// names it, `detail` is a JSON object whose fields depend on the name.
+///
+/// | `event` | when | `detail` |
+/// | --- | --- | --- |
+/// | `planned` | the migration was recorded | `base_epoch`, `new_epoch` |
+/// | a phase name: `prepared`, `capturing`, `copied`, `caught_up`, `fenced`, `verified`, `flipped`, `routers_acked`, `cleaned`, `aborted` | a step was journaled, about to run (phase change) | the journal detail: `{}`, or `epoch` for `flipped`, `copied` (rows per table) for a blocking `verified` |
+/// | `progress` | during a backfill, every [`crate::range::copy::PROGRESS_EVERY`] rows and at each table's end; the first one (rows 0) once the snapshot is taken | `table`, `table_rows` (of that table so far), `rows` (of the move so far), `estimate` (the plan's row estimate of the move, or null), `bytes` |
+/// | `copied_rows` | a backfill (or blocking copy) committed | rows per table name |
+/// | `lag` | after each catch-up round (online) | `backlog` (captured changes not replayed), `replayed` (changes replayed in the round), `fenced` (whether writes to the range are refused now) |
+/// | `stall` | a step failed on a lost connection and will be retried | `step` (phase), `error`, `attempt`, `retry_in_ms` |
+/// | `cancelled` | the cancel signal stopped the run between steps or batches; `postshard resume` continues it | `{}` |
+/// | `undone` | abort deleted a move's copied rows | `{}` |
+/// | `done` | the migration finished | `epoch`, `writes_blocked_ms` (per move index: fence raised → flip committed, when both happened in this process) |
+/// | `aborted` | the migration was undone (event after the `aborted` phase) | `epoch` |
+///
+/// `move_index` is set for per-move events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    /// The migration.
+    pub migration: i64,
+    /// The plan's move, if the event is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub move_index: Option<u32>,
+    /// The event's name (see the table above).
+    pub event: String,
+    /// Its fields.
+    pub detail: Value,
+}
 
 /// A failure of apply, resume or abort. Variants before
 /// [`MigrateError::Connect`] are refusals of bad input, made before
@@ -78,8 +154,8 @@ pub enum MigrateError {
         /// Why.
         source: FenceError,
     },
-    /// Only blocking moves are implemented.
-    #[error("mode `{mode}` is not supported; use --mode blocking")]
+    /// An unknown mode.
+    #[error("mode `{mode}` is not supported; use --mode online or --mode blocking")]
     Mode {
         /// The mode asked for.
         mode: String,
@@ -222,6 +298,20 @@ pub enum MigrateError {
         /// What is wrong.
         what: String,
     },
+    /// Change capture failed on a source.
+    #[error("move {index}: {source}")]
+    Capture {
+        /// The move.
+        index: u32,
+        /// Why.
+        source: CaptureError,
+    },
+    /// The cancel signal stopped the run at a resumable point.
+    #[error("migration {id} stopped at a resumable point; run `postshard resume` to continue")]
+    Cancelled {
+        /// The migration.
+        id: i64,
+    },
     /// The stored plan could not be read back.
     #[error("migration {id}: stored plan: {source}")]
     StoredPlan {
@@ -266,6 +356,23 @@ pub struct MoveOptions {
     pub delete_batch: u32,
     /// Connection timeout, and how `pg_dump` is found.
     pub init: InitOptions,
+    /// Online mode: the backfill copies at most this many rows per second
+    /// (in chunks of the range, all read from one exported snapshot);
+    /// `None`: as fast as it goes.
+    pub max_rows_per_sec: Option<u64>,
+    /// Online mode: catch-up stops and the fence goes up once at most this
+    /// many captured changes of a move wait to be replayed.
+    pub catch_up_rows: u64,
+    /// Online mode: captured changes replayed per transaction.
+    pub replay_batch: u32,
+    /// How long a step that failed on a lost connection (a shard or the
+    /// control store restarting) is retried, with backoff, before the run
+    /// stops with the error (the migration stays active).
+    pub retry_for: Duration,
+    /// Stops the run at the next resumable point (between steps, chunks or
+    /// replay batches) once it holds `true`; the migration stays active for
+    /// `postshard resume`. The default never fires.
+    pub cancel: watch::Receiver<bool>,
 }
 
 impl Default for MoveOptions {
@@ -277,6 +384,11 @@ impl Default for MoveOptions {
             ack_poll: Duration::from_millis(50),
             delete_batch: crate::range::delete::DEFAULT_BATCH_ROWS,
             init: InitOptions::default(),
+            max_rows_per_sec: None,
+            catch_up_rows: 500,
+            replay_batch: 1_000,
+            retry_for: Duration::from_secs(60),
+            cancel: watch::channel(false).1,
         }
     }
 }
@@ -290,14 +402,31 @@ pub struct StepId {
     pub phase: Phase,
 }
 
-/// Every step of a blocking migration of `moves` moves, in order (the
+/// Every step of a migration of `moves` moves in `mode`, in order (the
 /// `planned` step that opens the journal excluded).
-pub fn steps(moves: u32) -> Vec<StepId> {
+///
+/// Blocking: per move `fenced`, `copied`, `verified`. Online: per move
+/// `capturing`, `copied` (the backfill); then per move `caught_up`; then
+/// every move `fenced`; then per move `verified` (last replay under the
+/// fence, then the comparison). Both then `flipped`, `routers_acked` and
+/// per move `cleaned`.
+pub fn steps(mode: Mode, moves: u32) -> Vec<StepId> {
     let one = |move_index, phase| StepId { move_index, phase };
     let mut out = vec![one(None, Phase::Prepared)];
-    for i in 0..moves {
-        for phase in [Phase::Fenced, Phase::Copied, Phase::Verified] {
-            out.push(one(Some(i), phase));
+    let per_move = |out: &mut Vec<StepId>, phases: &[Phase]| {
+        for i in 0..moves {
+            for phase in phases {
+                out.push(one(Some(i), *phase));
+            }
+        }
+    };
+    match mode {
+        Mode::Blocking => per_move(&mut out, &[Phase::Fenced, Phase::Copied, Phase::Verified]),
+        Mode::Online => {
+            per_move(&mut out, &[Phase::Capturing, Phase::Copied]);
+            per_move(&mut out, &[Phase::CaughtUp]);
+            per_move(&mut out, &[Phase::Fenced]);
+            per_move(&mut out, &[Phase::Verified]);
         }
     }
     out.push(one(None, Phase::Flipped));
@@ -353,15 +482,43 @@ pub(crate) fn stored_plan(id: i64, text: &str) -> Result<Plan, MigrateError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn steps_fence_copy_verify_each_move_then_flip_once_then_clean() {
-        let names: Vec<String> = steps(2)
+    fn names(mode: Mode) -> Vec<String> {
+        steps(mode, 2)
             .iter()
             .map(|s| match s.move_index {
                 Some(i) => format!("{}@{i}", s.phase),
                 None => s.phase.to_string(),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn online_steps_backfill_each_move_catch_up_then_fence_all_then_verify() {
+        assert_eq!(
+            names(Mode::Online),
+            [
+                "prepared",
+                "capturing@0",
+                "copied@0",
+                "capturing@1",
+                "copied@1",
+                "caught_up@0",
+                "caught_up@1",
+                "fenced@0",
+                "fenced@1",
+                "verified@0",
+                "verified@1",
+                "flipped",
+                "routers_acked",
+                "cleaned@0",
+                "cleaned@1"
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_fence_copy_verify_each_move_then_flip_once_then_clean() {
+        let names = names(Mode::Blocking);
         assert_eq!(
             names,
             [

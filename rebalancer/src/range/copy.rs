@@ -180,7 +180,8 @@ pub async fn copy_range(
             read.client(),
             write.client(),
             &from,
-            spec,
+            &spec.range.predicate(table, spec.seed),
+            spec.progress,
             (source_shard, target_shard),
         )
         .await?;
@@ -203,22 +204,69 @@ pub async fn copy_range(
     Ok(copied)
 }
 
-/// Streams one table's range: `COPY (SELECT …) TO STDOUT` on the source piped
-/// into `COPY … FROM STDIN` on the target, both binary. Returns rows written
-/// and bytes streamed.
+/// Replaces the rows of `keys` of every table on `target` by the source's
+/// (`keys` as the rows of their key columns): in the target's transaction
+/// `write` (already in replica role) it deletes them, then streams the
+/// source's rows of those keys as read by `read` (a transaction whose
+/// snapshot the caller chose). Returns rows written. Used to replay
+/// captured changes; as idempotent as [`copy_range`].
+///
+/// Errors: [`CopyError::Schema`], [`CopyError::RowCount`],
+/// [`CopyError::Query`]; the caller rolls back.
+pub(crate) async fn copy_keys(
+    read: &tokio_postgres::Transaction<'_>,
+    write: &tokio_postgres::Transaction<'_>,
+    (source_shard, target_shard): (&str, &str),
+    tables: &[Table],
+    keys: &[i64],
+) -> Result<u64, CopyError> {
+    // Integers only: safe to splice (COPY takes no parameters).
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let mut written = 0;
+    for table in tables {
+        let schema = read_schema(read, source_shard, table).await?;
+        let filter = format!(
+            "{}::int8 = ANY ('{{{}}}'::int8[])",
+            table.sql_key(),
+            list.join(",")
+        );
+        write
+            .execute(
+                &format!("DELETE FROM {} WHERE {filter}", table.sql_name()),
+                &[],
+            )
+            .await
+            .map_err(|e| query_error("target", target_shard, &table.name, e))?;
+        let (rows, _) = stream_table(
+            read.client(),
+            write.client(),
+            &schema,
+            &filter,
+            None,
+            (source_shard, target_shard),
+        )
+        .await?;
+        written += rows;
+    }
+    Ok(written)
+}
+
+/// Streams one table's rows matching `filter` (SQL over the table):
+/// `COPY (SELECT …) TO STDOUT` on the source piped into `COPY … FROM STDIN`
+/// on the target, both binary. Returns rows written and bytes streamed.
 async fn stream_table(
     source: &Client,
     target: &Client,
     schema: &TableSchema,
-    spec: &CopySpec<'_>,
+    filter: &str,
+    progress: Option<OnProgress<'_>>,
     (source_shard, target_shard): (&str, &str),
 ) -> Result<(u64, u64), CopyError> {
     let table = &schema.table;
     let columns = TableSchema::column_list(&schema.copied_columns());
     let out_sql = format!(
-        "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {columns} FROM {} WHERE {filter}) TO STDOUT (FORMAT binary)",
         table.sql_name(),
-        spec.range.predicate(table, spec.seed)
     );
     let in_sql = format!(
         "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
@@ -234,7 +282,7 @@ async fn stream_table(
     let mut tuples = TupleCounter::new();
     let mut next_report = PROGRESS_EVERY;
     let report = |rows, bytes| {
-        if let Some(progress) = spec.progress {
+        if let Some(progress) = progress {
             progress(CopyProgress {
                 table: &table.name,
                 rows,

@@ -1,5 +1,9 @@
-//! Blocking moves: writes to a moving range wait (refused with `PS001`,
-//! retried by routers) while it is copied, verified and flipped.
+//! Running a migration in either mode: the checks before anything is
+//! recorded, the journaled step loop (retries on lost connections, the
+//! cancel signal, failpoints) and the steps both modes share (prepare,
+//! fence, copy, verify, flip, acknowledgements, clean-up, abort). The online
+//! mode's own steps (capture, backfill, catch-up, final replay) are in
+//! [`super::online`].
 //!
 //! [`apply`] checks everything it can before it records the migration
 //! (live epoch, plan against the live map, every shard reachable and fenced,
@@ -11,6 +15,7 @@
 //! connection.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use postshard_router::live_map::live_epoch;
 use postshard_router::{connect, ConnUrl, ShardMap, Token};
@@ -19,7 +24,7 @@ use tokio_postgres::Client;
 
 use super::failpoint::{self, When};
 use super::{
-    all_shards, owned_by, steps, stored_plan, union, MigrateError, MoveOptions, StepId, BLOCKING,
+    all_shards, owned_by, steps, stored_plan, union, Event, MigrateError, Mode, MoveOptions, StepId,
 };
 use crate::control::{self, ControlError, Migration, MigrationState, Phase};
 use crate::fence::{self, FenceError};
@@ -30,29 +35,16 @@ use crate::range::{self, checksum_range, copy_range, delete_range, CopySpec, End
 /// Advisory lock class of a running migration (`pg_try_advisory_lock(class, id)`).
 const RUN_LOCK_CLASS: i32 = 0x7073_6d67; // "psmg"
 
-/// What a migration reports as it goes: each step as it is journaled, rows
-/// copied, and the end.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Event {
-    /// The migration.
-    pub migration: i64,
-    /// The plan's move, if the event is about one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub move_index: Option<u32>,
-    /// `planned`, a step's phase, `copied_rows`, `done` or `aborted`.
-    pub event: String,
-    /// Details (rows per table, the new epoch, …).
-    pub detail: Value,
-}
-
 /// One move of the plan, in the shapes the fence and the mover take.
 #[derive(Debug, Clone)]
-struct MoveRange {
-    index: u32,
-    source: String,
-    target: String,
-    range: range::TokenRange,
-    fence: fence::TokenRange,
+pub(super) struct MoveRange {
+    pub(super) index: u32,
+    pub(super) source: String,
+    pub(super) target: String,
+    pub(super) range: range::TokenRange,
+    pub(super) fence: fence::TokenRange,
+    /// The plan's estimate of the rows moved.
+    pub(super) estimate: Option<u64>,
 }
 
 fn move_ranges(plan: &Plan) -> Result<Vec<MoveRange>, MigrateError> {
@@ -73,27 +65,39 @@ fn move_ranges(plan: &Plan) -> Result<Vec<MoveRange>, MigrateError> {
                     from: range.from(),
                     last,
                 },
+                estimate: m.rows,
             })
         })
         .collect()
 }
 
 /// A migration being run by this process.
-struct Run<'a> {
-    control: Client,
-    migration: Migration,
-    old: ShardMap,
-    new: ShardMap,
-    moves: Vec<MoveRange>,
+pub(super) struct Run<'a> {
+    pub(super) control: Client,
+    control_url: ConnUrl,
+    pub(super) migration: Migration,
+    pub(super) mode: Mode,
+    pub(super) old: ShardMap,
+    pub(super) new: ShardMap,
+    pub(super) moves: Vec<MoveRange>,
     shards: Vec<(String, ConnUrl)>,
-    options: &'a MoveOptions,
-    on_event: &'a mut dyn FnMut(&Event),
+    pub(super) options: &'a MoveOptions,
+    pub(super) on_event: &'a mut dyn FnMut(&Event),
     /// Rows copied per move (reported in the next step's journal detail).
-    copied: BTreeMap<u32, Value>,
+    pub(super) copied: BTreeMap<u32, Value>,
+    /// When this process raised each move's fence (to report how long
+    /// writes to it were refused).
+    fenced_at: BTreeMap<u32, Instant>,
+    /// Milliseconds from each move's fence to the flip.
+    blocked_ms: BTreeMap<u32, u64>,
 }
 
 async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
     let url = map.control().ok_or(MigrateError::NoControl)?;
+    control_client(url, options).await
+}
+
+async fn control_client(url: &ConnUrl, options: &MoveOptions) -> Result<Client, MigrateError> {
     connect(url, options.init.connect_timeout)
         .await
         .map_err(|source| MigrateError::Connect {
@@ -128,11 +132,12 @@ async fn lock(control: &Client, id: i64) -> Result<(), MigrateError> {
     }
 }
 
-/// Applies `plan` to the live map of `map`'s control store in blocking mode
-/// (see the module docs of [`super`]); returns the migration's id.
+/// Applies `plan` to the live map of `map`'s control store in `mode`
+/// (`online` or `blocking`; see the module docs of [`super`]); returns the
+/// migration's id.
 ///
 /// Refuses, having changed nothing: no `control:` ([`MigrateError::NoControl`]),
-/// a mode other than `blocking`, another active migration
+/// an unknown mode ([`MigrateError::Mode`]), another active migration
 /// ([`MigrateError::Active`]), a plan for another epoch
 /// ([`MigrateError::StaleEpoch`]) or that does not apply to the live map
 /// ([`MigrateError::Plan`]), an unreachable shard ([`MigrateError::Connect`]),
@@ -147,11 +152,7 @@ pub async fn apply(
     options: &MoveOptions,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<i64, MigrateError> {
-    if mode != BLOCKING {
-        return Err(MigrateError::Mode {
-            mode: mode.to_string(),
-        });
-    }
+    let mode = Mode::parse(mode)?;
     let control = connect_control(map, options).await?;
     if let Some(active) = Migration::active(&control).await? {
         return Err(MigrateError::Active { id: active.id });
@@ -192,7 +193,7 @@ pub async fn apply(
     )
     .await
     .map_err(refused)?;
-    let migration = Migration::begin(&control, old.version(), BLOCKING, &plan.to_yaml())
+    let migration = Migration::begin(&control, old.version(), mode.as_str(), &plan.to_yaml())
         .await
         .map_err(|e| match e {
             ControlError::MigrationActive { id } => MigrateError::Active { id },
@@ -201,7 +202,9 @@ pub async fn apply(
     lock(&control, migration.id).await?;
     let mut run = Run {
         control,
+        control_url: map.control().cloned().ok_or(MigrateError::NoControl)?,
         migration,
+        mode,
         old,
         new,
         moves,
@@ -209,6 +212,8 @@ pub async fn apply(
         options,
         on_event,
         copied: BTreeMap::new(),
+        fenced_at: BTreeMap::new(),
+        blocked_ms: BTreeMap::new(),
     };
     let planned = json!({ "base_epoch": run.old.version(), "new_epoch": run.new.version() });
     run.journal(None, Phase::Planned, planned).await?;
@@ -219,17 +224,14 @@ pub async fn apply(
 /// Loads migration `migration`'s maps and plan for this process to run.
 async fn load_run<'a>(
     control: Client,
+    control_url: &ConnUrl,
     migration: Migration,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
     options: &'a MoveOptions,
     on_event: &'a mut dyn FnMut(&Event),
 ) -> Result<Run<'a>, MigrateError> {
     let id = migration.id;
-    if migration.mode != BLOCKING {
-        return Err(MigrateError::Mode {
-            mode: migration.mode.clone(),
-        });
-    }
+    let mode = Mode::parse(&migration.mode)?;
     let plan = stored_plan(id, &migration.plan)?;
     let text = control::map_at(&control, migration.base_epoch)
         .await?
@@ -252,7 +254,9 @@ async fn load_run<'a>(
     lock(&control, id).await?;
     Ok(Run {
         control,
+        control_url: control_url.clone(),
         migration,
+        mode,
         old,
         new,
         moves,
@@ -260,12 +264,15 @@ async fn load_run<'a>(
         options,
         on_event,
         copied: BTreeMap::new(),
+        fenced_at: BTreeMap::new(),
+        blocked_ms: BTreeMap::new(),
     })
 }
 
 /// Continues the active migration (migration `id` when given) from its
-/// last journaled step, redoing that step (every step is idempotent; after
-/// `verified`, from the copy before it); an interrupted abort is finished.
+/// last journaled step, redoing that step (every step is idempotent; in
+/// blocking mode, after `verified`, from the copy before it); an
+/// interrupted abort is finished.
 /// Returns the migration's id.
 ///
 /// Errors: [`MigrateError::NothingActive`]; [`MigrateError::NotActive`] for
@@ -292,7 +299,8 @@ pub async fn resume(
             what: "resume",
         });
     }
-    let mut run = load_run(control, migration, env, options, on_event).await?;
+    let url = map.control().ok_or(MigrateError::NoControl)?;
+    let mut run = load_run(control, url, migration, env, options, on_event).await?;
     let id = run.migration.id;
     let journal = run.migration.steps(&run.control).await?;
     let Some(last) = journal.last() else {
@@ -304,19 +312,23 @@ pub async fn resume(
         Phase::Planned => run.run_from(0).await?,
         Phase::Aborted => run.finish_abort().await?,
         phase => {
-            // A verification that failed (or was cut short) is redone after
-            // copying again: the copy replaces the target's range whole.
-            let phase = match phase {
-                Phase::Verified => Phase::Copied,
-                other => other,
+            // A blocking verification that failed (or was cut short) is
+            // redone after copying again: the copy replaces the target's
+            // range whole. An online one replays and compares again.
+            let phase = match (run.mode, phase) {
+                (Mode::Blocking, Phase::Verified) => Phase::Copied,
+                (_, other) => other,
             };
-            let all = steps(run.moves_len());
+            let all = steps(run.mode, run.moves_len());
             let at = all
                 .iter()
                 .position(|s| s.phase == phase && s.move_index == last.move_index)
                 .ok_or_else(|| MigrateError::Journal {
                     id,
-                    what: format!("last step `{phase}` is not a step of a blocking move"),
+                    what: format!(
+                        "last step `{phase}` is not a step of a {} move",
+                        run.mode.as_str()
+                    ),
                 })?;
             run.run_from(at).await?;
         }
@@ -356,7 +368,8 @@ pub async fn abort(
             live: live.unwrap_or(0),
         });
     }
-    let mut run = load_run(control, migration, env, options, on_event).await?;
+    let url = map.control().ok_or(MigrateError::NoControl)?;
+    let mut run = load_run(control, url, migration, env, options, on_event).await?;
     let journal = run.migration.steps(&run.control).await?;
     if !journal.iter().any(|s| s.phase == Phase::Aborted) {
         let granted = journal.iter().any(|s| s.phase == Phase::Flipped);
@@ -382,7 +395,7 @@ impl Run<'_> {
         u32::try_from(self.moves.len()).unwrap_or(u32::MAX)
     }
 
-    fn event(&mut self, move_index: Option<u32>, event: &str, detail: Value) {
+    pub(super) fn event(&mut self, move_index: Option<u32>, event: &str, detail: Value) {
         (self.on_event)(&Event {
             migration: self.migration.id,
             move_index,
@@ -407,9 +420,12 @@ impl Run<'_> {
     }
 
     /// Runs the steps from `start` (0: the first) to the end, then marks
-    /// the migration done.
+    /// the migration done. Between steps it obeys the cancel signal; a step
+    /// (or its journal entry) that fails on a lost connection is retried
+    /// with backoff for up to `retry_for` (every step is idempotent).
     async fn run_from(&mut self, start: usize) -> Result<(), MigrateError> {
-        for step in steps(self.moves_len()).into_iter().skip(start) {
+        for step in steps(self.mode, self.moves_len()).into_iter().skip(start) {
+            self.check_cancel()?;
             let detail = match (step.phase, step.move_index) {
                 (Phase::Verified, Some(i)) => {
                     json!({ "copied": self.copied.get(&i).cloned().unwrap_or(Value::Null) })
@@ -417,16 +433,96 @@ impl Run<'_> {
                 (Phase::Flipped, _) => json!({ "epoch": self.new.version() }),
                 _ => json!({}),
             };
-            self.journal(step.move_index, step.phase, detail).await?;
-            self.step(step).await?;
+            let started = Instant::now();
+            let mut attempt = 0u32;
+            let mut journaled = false;
+            loop {
+                let stepping = journaled;
+                let result = if stepping {
+                    self.step(step).await
+                } else {
+                    self.journal(step.move_index, step.phase, detail.clone())
+                        .await
+                };
+                match result {
+                    Ok(()) if stepping => break,
+                    Ok(()) => journaled = true,
+                    Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                        attempt += 1;
+                        let pause = Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
+                            .min(Duration::from_secs(5));
+                        let detail = json!({
+                            "step": step.phase.as_str(),
+                            "error": e.to_string(),
+                            "attempt": attempt,
+                            "retry_in_ms": pause.as_millis() as u64,
+                        });
+                        self.event(step.move_index, "stall", detail);
+                        tokio::time::sleep(pause).await;
+                        self.check_cancel()?;
+                        self.reconnect_control().await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             failpoint::hit(step.phase, step.move_index, When::After);
         }
         self.migration
             .finish(&self.control, MigrationState::Done)
             .await?;
-        let detail = json!({ "epoch": self.new.version() });
+        let blocked: serde_json::Map<String, Value> = self
+            .blocked_ms
+            .iter()
+            .map(|(i, ms)| (i.to_string(), json!(ms)))
+            .collect();
+        let detail = json!({ "epoch": self.new.version(), "writes_blocked_ms": blocked });
         self.event(None, "done", detail);
         Ok(())
+    }
+
+    /// Stops with [`MigrateError::Cancelled`] once the cancel signal is set.
+    pub(super) fn check_cancel(&mut self) -> Result<(), MigrateError> {
+        if *self.options.cancel.borrow() {
+            self.event(None, "cancelled", json!({}));
+            return Err(MigrateError::Cancelled {
+                id: self.migration.id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `e` came from a lost or refused connection (a server
+    /// restarting), so that redoing the step may succeed.
+    fn retryable(&self, e: &MigrateError) -> bool {
+        use crate::range::ChecksumError;
+        match e {
+            MigrateError::Connect { .. } => true,
+            MigrateError::Control(_) => self.control.is_closed(),
+            MigrateError::Capture { source, .. } => source.is_connection(),
+            // Their errors keep only the message: a query that failed
+            // against a healthy server fails again, bounded by `retry_for`.
+            MigrateError::Checksum {
+                source: ChecksumError::Query { .. },
+                ..
+            }
+            | MigrateError::Fence {
+                source: FenceError::Query { .. },
+                ..
+            } => true,
+            other => driver_lost(other),
+        }
+    }
+
+    /// A new control-store session (and run lock) after the old one broke.
+    async fn reconnect_control(&mut self) {
+        if !self.control.is_closed() {
+            return;
+        }
+        if let Ok(client) = control_client(&self.control_url, self.options).await {
+            if lock(&client, self.migration.id).await.is_ok() {
+                self.control = client;
+            }
+        }
     }
 
     fn move_at(&self, index: Option<u32>) -> Result<MoveRange, MigrateError> {
@@ -440,7 +536,7 @@ impl Run<'_> {
     }
 
     /// A fresh connection to shard `name`.
-    async fn shard(&self, name: &str) -> Result<Client, MigrateError> {
+    pub(super) async fn shard(&self, name: &str) -> Result<Client, MigrateError> {
         let url = self
             .shards
             .iter()
@@ -459,25 +555,50 @@ impl Run<'_> {
     }
 
     async fn step(&mut self, step: StepId) -> Result<(), MigrateError> {
-        match step.phase {
-            Phase::Prepared => self.prepare().await,
-            Phase::Fenced => {
+        match (self.mode, step.phase) {
+            (_, Phase::Prepared) => self.prepare().await,
+            (_, Phase::Fenced) => {
                 let m = self.move_at(step.move_index)?;
                 let client = self.shard(&m.source).await?;
                 fence::raise(&client, &[m.fence], self.options.fence_wait)
                     .await
-                    .map_err(fence_error(&m.source))
+                    .map_err(fence_error(&m.source))?;
+                self.fenced_at.insert(m.index, Instant::now());
+                Ok(())
             }
-            Phase::Copied => {
+            (Mode::Online, Phase::Capturing) => {
+                let m = self.move_at(step.move_index)?;
+                self.capture_on(&m).await
+            }
+            (Mode::Online, Phase::Copied) => {
+                let m = self.move_at(step.move_index)?;
+                self.backfill(&m).await
+            }
+            (Mode::Online, Phase::CaughtUp) => {
+                let m = self.move_at(step.move_index)?;
+                self.catch_up(&m, false).await
+            }
+            (Mode::Blocking, Phase::Copied) => {
                 let m = self.move_at(step.move_index)?;
                 self.copy(&m).await
             }
-            Phase::Verified => {
+            (mode, Phase::Verified) => {
                 let m = self.move_at(step.move_index)?;
+                if mode == Mode::Online {
+                    self.catch_up(&m, true).await?;
+                }
                 self.verify(&m).await
             }
-            Phase::Flipped => self.flip().await,
-            Phase::RoutersAcked => control::wait_for_acks(
+            (_, Phase::Flipped) => {
+                self.flip().await?;
+                let now = Instant::now();
+                for (i, at) in &self.fenced_at {
+                    let ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
+                    self.blocked_ms.insert(*i, ms);
+                }
+                Ok(())
+            }
+            (_, Phase::RoutersAcked) => control::wait_for_acks(
                 &self.control,
                 self.new.version(),
                 self.options.ack_margin,
@@ -486,13 +607,16 @@ impl Run<'_> {
             )
             .await
             .map_err(MigrateError::from),
-            Phase::Cleaned => {
+            (mode, Phase::Cleaned) => {
                 let m = self.move_at(step.move_index)?;
+                if mode == Mode::Online {
+                    self.capture_off(&m).await?;
+                }
                 self.clean(&m).await
             }
-            other => Err(MigrateError::Journal {
+            (mode, other) => Err(MigrateError::Journal {
                 id: self.migration.id,
-                what: format!("`{other}` is not a step of a blocking move"),
+                what: format!("`{other}` is not a step of a {} move", mode.as_str()),
             }),
         }
     }
@@ -558,7 +682,7 @@ impl Run<'_> {
     }
 
     /// Compares row counts and checksums of the range, both sides.
-    async fn verify(&self, m: &MoveRange) -> Result<(), MigrateError> {
+    pub(super) async fn verify(&self, m: &MoveRange) -> Result<(), MigrateError> {
         if let Some((table, s, t)) = self.differing_table(m).await? {
             return Err(MigrateError::Mismatch {
                 index: m.index,
@@ -755,6 +879,9 @@ impl Run<'_> {
                     source,
                 })?;
             }
+            if self.mode == Mode::Online {
+                self.capture_off(m).await?;
+            }
             let source = self.shard(&m.source).await?;
             fence::lower(&source, &[m.fence])
                 .await
@@ -769,7 +896,25 @@ impl Run<'_> {
     }
 }
 
-fn fence_error(shard: &str) -> impl Fn(FenceError) -> MigrateError + '_ {
+/// Whether a driver error in `e`'s source chain says the connection was
+/// lost: closed, an I/O failure, or a server going away (admin shutdown,
+/// crash, cannot connect now).
+fn driver_lost(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            return pg.is_closed()
+                || pg.as_db_error().is_none_or(|db| {
+                    let code = db.code().code();
+                    code.starts_with("57P") || code.starts_with("08")
+                });
+        }
+        next = err.source();
+    }
+    false
+}
+
+pub(super) fn fence_error(shard: &str) -> impl Fn(FenceError) -> MigrateError + '_ {
     move |source| MigrateError::Fence {
         shard: shard.to_string(),
         source,
