@@ -473,8 +473,23 @@ fn physical_copy(from: &str, to: &str, moves: &[TokenRange]) -> (Duration, u64) 
     (took, rows)
 }
 
-/// A server-side loop of `n` single-row INSERTs of posts into the moving
-/// range on the source, rolled back: µs per write.
+/// Median µs per write of [`insert_loop_cost`] on keys `inside` and
+/// `outside` the moving range, three rounds alternated.
+async fn cost_pair(source: &str, inside: &[i64], outside: &[i64]) -> (f64, f64) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        a.push(insert_loop_cost(source, inside).await);
+        b.push(insert_loop_cost(source, outside).await);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(a), median(b))
+}
+
+/// A server-side loop of single-row INSERTs of posts with `keys` on the
+/// source, rolled back: µs per write.
 async fn insert_loop_cost(source: &str, keys: &[i64]) -> f64 {
     let (mut client, conn) = tokio_postgres::connect(source, tokio_postgres::NoTls)
         .await
@@ -633,11 +648,16 @@ fn main() {
             origin,
             first_error: Mutex::new(None),
         });
-        // Keys inside the moving range that no writer uses, for the
-        // capture-cost loop.
+        // Keys no writer uses, inside the moving range (captured) and
+        // outside it (the same contention, no capture), for the cost loops.
         let loop_keys: Vec<i64> = (1..)
             .map(|k: i64| -k)
             .filter(|k| load.inside(*k))
+            .take(2_000)
+            .collect();
+        let outside_keys: Vec<i64> = (1..)
+            .map(|k: i64| -k)
+            .filter(|k| !load.inside(*k))
             .take(2_000)
             .collect();
         let control = ConnUrl::expand(&control_url, env_var).expect("control url");
@@ -657,7 +677,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = (origin.elapsed(), origin.elapsed() + window);
         let cost_before = if mode != "blocking" {
-            Some(insert_loop_cost(&source.url(), &loop_keys).await)
+            Some(cost_pair(&source.url(), &loop_keys, &outside_keys).await)
         } else {
             None
         };
@@ -681,10 +701,11 @@ fn main() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let capture = {
             let (source, keys, mode) = (source.url(), loop_keys.clone(), mode.clone());
+            let outside = outside_keys.clone();
             tokio::spawn(async move {
                 while let Some(e) = rx.recv().await {
                     if mode != "blocking" && e.detail.get("rows").is_some() {
-                        return Some(insert_loop_cost(&source, &keys).await);
+                        return Some(cost_pair(&source, &keys, &outside).await);
                     }
                 }
                 None
@@ -841,12 +862,21 @@ fn main() {
                 .unwrap_or_default()
         );
         match (cost_before, cost_during) {
-            (Some(b), Some(d)) => println!(
-                "source cost per write into the moving range (server-side loop of {} INSERTs, \
-                 rolled back): {b:.1} µs before the move, {d:.1} µs with capture on, ratio {:.2}",
-                loop_keys.len(),
-                d / b
-            ),
+            (Some((bi, bo)), Some((di, d_o))) => {
+                println!(
+                    "source cost per single-row INSERT (server-side loops of {} rows, rolled back, \
+                     inside / outside the moving range, alternated):",
+                    loop_keys.len()
+                );
+                println!("  before the move       {bi:>7.1} µs / {bo:>7.1} µs");
+                println!("  with capture on       {di:>7.1} µs / {d_o:>7.1} µs (while the backfill runs)");
+                println!(
+                    "  ratio inside, capture on to before: {:.2}; capture's own cost \
+                     (inside minus outside, during minus before): {:.1} µs",
+                    di / bi,
+                    (di - d_o) - (bi - bo)
+                );
+            }
             _ => println!(
                 "source cost per write with capture on: not measured ({mode} mode captures nothing)"
             ),
