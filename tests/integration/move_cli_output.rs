@@ -4,7 +4,8 @@
 //! order to `done`; `--quiet` prints the final line only; text has no
 //! escape codes (no bars off a terminal); `status` shows a migration's
 //! phase and rows copied during and after it, and `--watch` refreshes; on
-//! a terminal, bars go to stderr and stdout keeps its plain lines.
+//! a terminal, bars go to stderr and stdout keeps its plain lines; a
+//! closed stdout silences the output but not the migration.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -238,6 +239,25 @@ fn json_quiet_text_and_status_show_a_migration() {
         );
         assert!(stdout.contains(": move 0: fenced"), "{stdout}");
 
+        // A reader that goes away (`| head -0`) silences the output, not
+        // the migration: it finishes, exit 0, nothing on stderr.
+        let add = plan_file(&forum.add_plan().await);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postshard"))
+            .args(["apply", add.path().to_str().unwrap(), "--json"])
+            .args(["--map", forum.map_path()])
+            .env_remove("POSTSHARD_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        let (_, m) = status_of(&forum, id + 4);
+        assert_eq!(m["state"], "done", "{m}");
+
         // --json and --quiet together is a usage error.
         let out = forum.postshard(
             &["apply", file.path().to_str().unwrap(), "--json", "-q"],
@@ -269,6 +289,6 @@ fn json_quiet_text_and_status_show_a_migration() {
     assert!(refreshes.len() >= 2, "{}", text(&out));
     for r in &refreshes {
         assert!(r["time"].is_string() && r["epoch"].is_u64(), "{r}");
-        assert_eq!(r["migrations"].as_array().unwrap().len(), 4, "{r}");
+        assert_eq!(r["migrations"].as_array().unwrap().len(), 5, "{r}");
     }
 }
