@@ -314,3 +314,190 @@ fn online_move_under_writers_loses_nothing_has_no_capture_gap_and_leaves_nothing
         );
     });
 }
+
+#[test]
+fn cancel_stops_a_throttled_backfill_at_a_resumable_point_and_resume_finishes() {
+    let forum = Forum::start(1200);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        let after_map = plan.apply(&base).unwrap();
+        let map = ShardMap::from_path(forum.map_path()).unwrap();
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let options = MoveOptions {
+            max_rows_per_sec: Some(2_000),
+            cancel: cancelled,
+            ..MoveOptions::default()
+        };
+        let mut events: Vec<Event> = Vec::new();
+        let started = std::time::Instant::now();
+        let result = migrate::apply(&map, &plan, "online", &env_var, &options, &mut |e| {
+            events.push(e.clone());
+            if e.event == "progress" && e.move_index == Some(1) && e.detail["rows"].as_u64() > Some(0) {
+                let _ = cancel.send(true);
+            }
+        })
+        .await;
+        let err = result.expect_err("cancelled");
+        assert!(
+            matches!(err, migrate::MigrateError::Cancelled { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("postshard resume"), "{err}");
+        assert_eq!(events.last().unwrap().event, "cancelled");
+        // Move 0's backfill was paced: report the rate it ran at.
+        let copied: u64 = events
+            .iter()
+            .filter(|e| e.event == "copied_rows" && e.move_index == Some(0))
+            .flat_map(|e| e.detail.as_object().unwrap().values().map(|v| v.as_u64().unwrap()))
+            .sum();
+        eprintln!(
+            "throttled to 2000 rows/s: move 0 copied {copied} rows; apply ran {:?} before the cancel",
+            started.elapsed()
+        );
+        // Stopped before the flip, with capture on: resume finishes it.
+        assert_eq!(forum.live().await.version(), base.version());
+        assert!(!forum.leftovers().await.is_empty(), "capture should still be on");
+        let out = forum.postshard(&["resume"], &[]);
+        assert!(out.status.success(), "resume: {}", text(&out));
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}
+
+#[test]
+fn ctrl_c_stops_apply_at_a_resumable_point_and_resume_finishes() {
+    let forum = Forum::start(400);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        let after_map = plan.apply(&base).unwrap();
+        // A transaction on the first source holds `capturing` (its trigger
+        // DDL waits for the table lock) while Ctrl-C arrives.
+        let source = plan.moves[0].source[1..].parse::<usize>().unwrap();
+        let held = connect(&forum.cluster.servers()[source].url()).await;
+        held.batch_execute("BEGIN; SELECT 1 FROM posts FOR UPDATE").await.unwrap();
+        let file = crate::move_support::plan_file(&plan);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_postshard"))
+            .args(["apply", file.path().to_str().unwrap(), "--map", forum.map_path()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let control = connect(&forum.control_url).await;
+        let waiting_since = std::time::Instant::now();
+        loop {
+            let phase: Option<String> = control
+                .query_opt(
+                    "SELECT phase FROM postshard_control.journal ORDER BY migration_id DESC, seq DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if phase.as_deref() == Some("capturing") {
+                break;
+            }
+            assert!(waiting_since.elapsed() < Duration::from_secs(60), "{phase:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held.batch_execute("COMMIT").await.unwrap();
+        let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("stopped at a resumable point") && stderr.contains("postshard resume"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(forum.live().await.version(), base.version());
+        let out = forum.postshard(&["resume"], &[]);
+        assert!(out.status.success(), "resume: {}", text(&out));
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}
+
+#[test]
+fn parallel_backfills_overlap_and_resume_after_a_cancel_mid_stage() {
+    let forum = Forum::start(1500);
+    let rt = runtime();
+    rt.block_on(async {
+        let base = forum.live().await;
+        let before = forum.rows().await;
+        let plan = forum.add_plan().await;
+        assert!(plan.moves.len() >= 2);
+        let after_map = plan.apply(&base).unwrap();
+        let map = ShardMap::from_path(forum.map_path()).unwrap();
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let options = MoveOptions {
+            parallel: 2,
+            max_rows_per_sec: Some(1_000),
+            cancel: cancelled,
+            ..MoveOptions::default()
+        };
+        let mut events: Vec<Event> = Vec::new();
+        let result = migrate::apply(&map, &plan, "online", &env_var, &options, &mut |e| {
+            events.push(e.clone());
+            let copying = |i: u32| {
+                events.iter().any(|e| {
+                    e.event == "progress"
+                        && e.move_index == Some(i)
+                        && e.detail["rows"].as_u64() > Some(0)
+                })
+            };
+            if copying(0) && copying(1) {
+                let _ = cancel.send(true);
+            }
+        })
+        .await;
+        assert!(
+            matches!(result, Err(migrate::MigrateError::Cancelled { .. })),
+            "{result:?}"
+        );
+        // Both backfills were copying at once: neither had finished.
+        assert!(
+            !events.iter().any(|e| e.event == "copied_rows"),
+            "{events:?}"
+        );
+        let options = MoveOptions {
+            parallel: 2,
+            ..MoveOptions::default()
+        };
+        let mut resumed: Vec<Event> = Vec::new();
+        migrate::resume(&map, None, &env_var, &options, &mut |e| {
+            resumed.push(e.clone())
+        })
+        .await
+        .expect("resume");
+        // Resume copied both moves again (each had stopped midway).
+        let copied: Vec<Option<u32>> = resumed
+            .iter()
+            .filter(|e| e.event == "copied_rows")
+            .map(|e| e.move_index)
+            .collect();
+        assert_eq!(copied.len(), 2, "{resumed:?}");
+        let mut model = Model::default();
+        for m in seeded_models(&before) {
+            model.merge(m);
+        }
+        assert_clean_against(&forum, &after_map, &model).await;
+    });
+}

@@ -1,6 +1,8 @@
 //! Randomized online moves under writers: each seed picks the plan (add a
 //! shard with weight 1 or 2, or remove one of three), the step at which
-//! `apply` is killed with SIGKILL (or none) and the writers' mix; writers
+//! `apply` is killed with SIGKILL (or none), whether the added shard's
+//! server is stopped and restarted once the backfill runs (it serves no
+//! app traffic before the flip), and the writers' mix; writers
 //! insert, update and delete posts and comments through live routers the
 //! whole time, `resume` finishes the move, and the cluster is checked row
 //! by row against what the writers acknowledged, with `verify` and the
@@ -65,7 +67,7 @@ fn randomized_online_moves_with_kills_lose_nothing() {
                     Some(i) => format!("{}@{i}", s.phase),
                     None => s.phase.to_string(),
                 };
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     format!("{name}:after")
                 } else {
                     name
@@ -94,19 +96,47 @@ fn randomized_online_moves_with_kills_lose_nothing() {
             let file = plan_file(&plan);
             let path = file.path().to_str().unwrap().to_string();
             let (forum_ref, failpoint_env) = (&forum, failpoint.clone().unwrap_or_default());
-            let out = tokio::task::block_in_place(|| {
-                forum_ref.postshard(
-                    &["apply", &path],
-                    &[("POSTSHARD_FAILPOINT", failpoint_env.as_str())],
-                )
+            // The shard the plan adds, restarted mid-move when the seed says so.
+            let added = (live.shards().len() == 2 && rng.next_u64().is_multiple_of(2))
+                .then(|| {
+                    plan.shards
+                        .iter()
+                        .find(|s| live.shard_index(&s.name).is_none())
+                })
+                .flatten()
+                .map(|s| s.name[1..].parse::<usize>().unwrap());
+            let moving = AtomicBool::new(true);
+            let restarted = AtomicBool::new(false);
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    if let Some(server) = added {
+                        let (control_url, moving, restarted) =
+                            (forum_ref.control_url.clone(), &moving, &restarted);
+                        let server = &forum_ref.cluster.servers()[server];
+                        scope.spawn(move || {
+                            restart_mid_backfill(&control_url, server, moving, restarted)
+                        });
+                    }
+                    let out = forum_ref.postshard(
+                        &["apply", &path],
+                        &[("POSTSHARD_FAILPOINT", failpoint_env.as_str())],
+                    );
+                    match &failpoint {
+                        Some(f) => {
+                            assert_eq!(out.status.signal(), Some(9), "{f}: {}", text(&out));
+                            let out = forum_ref.postshard(&["resume"], &[]);
+                            assert!(out.status.success(), "resume after {f}: {}", text(&out));
+                        }
+                        None => assert!(out.status.success(), "apply: {}", text(&out)),
+                    }
+                    moving.store(false, Ordering::Relaxed);
+                });
             });
-            match &failpoint {
-                Some(f) => {
-                    assert_eq!(out.status.signal(), Some(9), "{f}: {}", text(&out));
-                    let out = tokio::task::block_in_place(|| forum_ref.postshard(&["resume"], &[]));
-                    assert!(out.status.success(), "resume after {f}: {}", text(&out));
-                }
-                None => assert!(out.status.success(), "apply: {}", text(&out)),
+            if added.is_some() {
+                eprintln!(
+                    "seed {seed}: added shard restarted: {}",
+                    restarted.load(Ordering::Relaxed)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             stop.store(true, Ordering::Relaxed);
@@ -120,4 +150,41 @@ fn randomized_online_moves_with_kills_lose_nothing() {
             assert_clean_against(&forum, &after, &acknowledged).await;
         }
     });
+}
+
+/// Once the control store's journal shows a backfill or catch-up running,
+/// stops `server` and starts it again a second later (while `moving`).
+fn restart_mid_backfill(
+    control_url: &str,
+    server: &postshard_sandbox::Server,
+    moving: &AtomicBool,
+    restarted: &AtomicBool,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(crate::common::connect(control_url));
+    while moving.load(Ordering::Relaxed) {
+        let phase: Option<String> = rt.block_on(async {
+            client
+                .query_opt(
+                    "SELECT j.phase FROM postshard_control.journal j \
+                     JOIN postshard_control.migrations m ON m.id = j.migration_id \
+                     WHERE m.state = 'active' ORDER BY j.seq DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0))
+        });
+        if matches!(phase.as_deref(), Some("copied" | "caught_up")) {
+            server.stop().unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            server.start().unwrap();
+            restarted.store(true, Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -2,8 +2,9 @@
 //! named journaled step, the way TiKV and sled inject crashes.
 //!
 //! `POSTSHARD_FAILPOINT=<phase>[@<move>][:after]` kills the process right
-//! after the step `<phase>` (a journal phase name: `prepared`, `fenced`,
-//! `copied`, `verified`, `flipped`, `routers_acked`, `cleaned`, `aborted`)
+//! after the step `<phase>` (a journal phase name: `prepared`, `capturing`,
+//! `fenced`, `copied`, `caught_up`, `verified`, `flipped`, `routers_acked`,
+//! `cleaned`, `aborted`)
 //! of move `<move>` (any move when omitted) was journaled and before it is
 //! done, or, with `:after`, right after it was done and before the next
 //! step is journaled. Unset (the normal case), a failpoint costs one

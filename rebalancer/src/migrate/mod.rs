@@ -97,8 +97,8 @@ impl Mode {
 /// | `event` | when | `detail` |
 /// | --- | --- | --- |
 /// | `planned` | the migration was recorded | `base_epoch`, `new_epoch` |
-/// | a phase name: `prepared`, `capturing`, `copied`, `caught_up`, `fenced`, `verified`, `flipped`, `routers_acked`, `cleaned`, `aborted` | a step was journaled, about to run (phase change) | the journal detail: `{}`, or `epoch` for `flipped`, `copied` (rows per table) for a blocking `verified` |
-/// | `progress` | during a backfill, every [`crate::range::copy::PROGRESS_EVERY`] rows and at each table's end; the first one (rows 0) once the snapshot is taken | `table`, `table_rows` (of that table so far), `rows` (of the move so far), `estimate` (the plan's row estimate of the move, or null), `bytes` |
+/// | a phase name: `prepared`, `capturing`, `copied`, `caught_up`, `fenced`, `verified`, `flipped`, `routers_acked`, `cleaned`, `aborted` | a step was journaled, about to run (phase change) | the journal detail: `{}`, or `epoch` for `flipped`, `copied` (rows per table, null if the copy ran in another process) for `verified` |
+/// | `progress` | during an online backfill, every [`crate::range::copy::PROGRESS_EVERY`] rows of a table and at its end; the first one (rows 0) once the snapshot is taken | `table`, `table_rows` (of that table so far), `rows` (of the move so far, all tables), `estimate` (the plan's row estimate of the move, or null), `bytes` (of that table so far) |
 /// | `copied_rows` | a backfill (or blocking copy) committed | rows per table name |
 /// | `lag` | after each catch-up round (online) | `backlog` (captured changes not replayed), `replayed` (changes replayed in the round), `fenced` (whether writes to the range are refused now) |
 /// | `stall` | a step failed on a lost connection and will be retried | `step` (phase), `error`, `attempt`, `retry_in_ms` |
@@ -356,10 +356,15 @@ pub struct MoveOptions {
     pub delete_batch: u32,
     /// Connection timeout, and how `pg_dump` is found.
     pub init: InitOptions,
-    /// Online mode: the backfill copies at most this many rows per second
-    /// (in chunks of the range, all read from one exported snapshot);
-    /// `None`: as fast as it goes.
+    /// Online mode: the backfill streams at most this many rows per second
+    /// per table (the COPY stream pauses when ahead; the source is still
+    /// read once, from one exported snapshot); `None`: as fast as it goes.
     pub max_rows_per_sec: Option<u64>,
+    /// Online mode: how many moves are backfilled at once (their
+    /// `capturing` and `copied` steps run concurrently, each journaled);
+    /// catch-up, fences and verification stay one move at a time. At
+    /// least 1.
+    pub parallel: usize,
     /// Online mode: catch-up stops and the fence goes up once at most this
     /// many captured changes of a move wait to be replayed.
     pub catch_up_rows: u64,
@@ -385,6 +390,7 @@ impl Default for MoveOptions {
             delete_batch: crate::range::delete::DEFAULT_BATCH_ROWS,
             init: InitOptions::default(),
             max_rows_per_sec: None,
+            parallel: 1,
             catch_up_rows: 500,
             replay_batch: 1_000,
             retry_for: Duration::from_secs(60),

@@ -11,23 +11,34 @@
 //! fired the capture trigger (the changelog holds its key, committed with
 //! it, and the catch-up copies the key's rows again).
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio::sync::mpsc;
 
-use super::run::{MoveRange, Run};
-use super::{union, MigrateError};
+use super::failpoint::{self, When};
+use super::run::{backoff, MoveRange, Run};
+use super::{union, Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
+use crate::control::Phase;
 use crate::fence;
-use crate::range::{copy_range, CopyProgress, CopySpec, Endpoint, TokenRange};
+use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
 
 /// How long a catch-up may run without its backlog shrinking before it
 /// reports a `stall` (it keeps going).
 const STALL_AFTER: Duration = Duration::from_secs(10);
-/// Most chunks a throttled backfill is cut into.
-const MAX_CHUNKS: u64 = 256;
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// The caller's event callback, for a stage whose concurrent work sends
+    /// events through a channel while `&self` is shared; a no-op stands in
+    /// until it is put back (a zero-sized closure: leaking its box
+    /// allocates nothing).
+    fn take_on_event(&mut self) -> &'a mut dyn FnMut(&Event) {
+        std::mem::replace(&mut self.on_event, Box::leak(Box::new(|_: &Event| {})))
+    }
+
     fn capture_error(m: &MoveRange) -> impl Fn(CaptureError) -> MigrateError + '_ {
         move |source| MigrateError::Capture {
             index: m.index,
@@ -49,7 +60,7 @@ impl Run<'_> {
     /// `capturing`: capture on for every range leaving the source (the same
     /// for each of its moves, so redoing it is harmless), older writers
     /// waited for.
-    pub(super) async fn capture_on(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+    pub(super) async fn capture_on(&self, m: &MoveRange) -> Result<(), MigrateError> {
         let client = self.shard(&m.source).await?;
         capture::on(
             &client,
@@ -76,20 +87,42 @@ impl Run<'_> {
         .map_err(Self::capture_error(m))
     }
 
-    /// `copied` (online): the backfill. One repeatable-read transaction on
-    /// the source exports a snapshot (taken now, after capture is on);
-    /// the range is copied from it with `copy_range`, in token chunks when
-    /// throttled (each chunk replaces its part of the target, so a resumed
-    /// backfill starts over harmlessly), pausing between chunks to stay under
-    /// `max_rows_per_sec`. Reports `progress` events, then `copied_rows`.
+    /// `copied` (online): the backfill of one move, its events passed to
+    /// the caller's `on_event` as they come; records the rows copied.
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = async move { this.backfill_rows(m, &events).await };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (rows, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let rows = rows?;
+        self.copied.insert(m.index, rows.clone());
+        self.event(Some(m.index), "copied_rows", rows);
+        Ok(())
+    }
+
+    /// The backfill: one repeatable-read transaction on the source exports
+    /// a snapshot (taken now, after capture is on) and holds it while
+    /// `copy_range_paced` copies the range from it (paced to
+    /// `max_rows_per_sec`; it replaces the range on the target, so a resumed
+    /// backfill starts over harmlessly). Sends `progress` events (the
+    /// first, rows 0, once the snapshot is taken) to `events`; returns rows
+    /// copied per table. The cancel signal stops it mid-copy (the target
+    /// rolls back).
+    async fn backfill_rows(
+        &self,
+        m: &MoveRange,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<serde_json::Value, MigrateError> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
-        let copy_error = |source| MigrateError::Copy {
-            index: m.index,
-            source,
-        };
         let exporting = holder
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -102,113 +135,229 @@ impl Run<'_> {
             .await
             .map_err(|e| backfill_query(m, &e))?
             .get(0);
-        let chunks = chunk_ranges(m.range, m.estimate, self.options.max_rows_per_sec);
         let (tables, seed) = (self.new.tables(), self.new.seed());
-        let (max_rate, cancel) = (self.options.max_rows_per_sec, self.options.cancel.clone());
-        // (chunk, table, its rows in the chunk, bytes, rows of earlier
-        // chunks, the table's rows in earlier chunks)
-        let (sender, mut receiver) =
-            tokio::sync::mpsc::unbounded_channel::<(usize, String, u64, u64, u64, u64)>();
         let id = self.migration.id;
-        let on_event = &mut *self.on_event;
-        let estimate = m.estimate;
-        let copy = async move {
-            let started = Instant::now();
-            let mut done = 0u64;
-            let mut per_table: Vec<(String, u64)> =
-                tables.iter().map(|t| (t.name.clone(), 0)).collect();
-            // The snapshot is taken: say so before the first rows arrive.
-            let first = tables.first().map(|t| t.name.clone()).unwrap_or_default();
-            let _ = sender.send((0, first, 0, 0, 0, 0));
-            for (n, chunk) in chunks.into_iter().enumerate() {
-                if *cancel.borrow() {
-                    return Err(MigrateError::Cancelled { id });
-                }
-                let before = per_table.clone();
-                let report = |p: CopyProgress<'_>| {
-                    let table_before = before
-                        .iter()
-                        .find(|(t, _)| t == p.table)
-                        .map_or(0, |(_, r)| *r);
-                    let _ =
-                        sender.send((n, p.table.to_string(), p.rows, p.bytes, done, table_before));
-                };
-                let spec = CopySpec {
-                    tables,
-                    seed,
-                    range: chunk,
-                    snapshot: Some(&snapshot),
-                    progress: Some(&report),
-                };
-                let copied = copy_range(
-                    Endpoint {
-                        shard: &m.source,
-                        client: &mut source,
-                    },
-                    Endpoint {
-                        shard: &m.target,
-                        client: &mut target,
-                    },
-                    &spec,
-                )
-                .await
-                .map_err(copy_error)?;
-                for t in &copied {
-                    done += t.rows;
-                    if let Some(entry) = per_table.iter_mut().find(|(n, _)| *n == t.table) {
-                        entry.1 += t.rows;
-                    }
-                }
-                if let Some(rate) = max_rate.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(ahead).await;
-                    }
+        // Rows so far per table (the hook is called from the copy, `Sync`).
+        let totals: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+        let send = |table: &str, rows: u64, bytes: u64| {
+            let mut totals = totals.lock().unwrap_or_else(PoisonError::into_inner);
+            match totals.iter_mut().find(|(t, _)| t == table) {
+                Some(entry) => entry.1 = rows,
+                None => totals.push((table.to_string(), rows)),
+            }
+            let detail = json!({
+                "table": table,
+                "table_rows": rows,
+                "rows": totals.iter().map(|(_, r)| r).sum::<u64>(),
+                "estimate": m.estimate,
+                "bytes": bytes,
+            });
+            let _ = events.send(Event {
+                migration: id,
+                move_index: Some(m.index),
+                event: "progress".into(),
+                detail,
+            });
+        };
+        send(tables.first().map_or("", |t| t.name.as_str()), 0, 0);
+        let report = |p: CopyProgress<'_>| send(p.table, p.rows, p.bytes);
+        let spec = CopySpec {
+            tables,
+            seed,
+            range: m.range,
+            snapshot: Some(&snapshot),
+            progress: Some(&report),
+        };
+        let copy = copy_range_paced(
+            Endpoint {
+                shard: &m.source,
+                client: &mut source,
+            },
+            Endpoint {
+                shard: &m.target,
+                client: &mut target,
+            },
+            &spec,
+            self.options.max_rows_per_sec,
+        );
+        // Ctrl-C mid-backfill: dropping the copy rolls the target back
+        // (the copy is one transaction), which resume redoes.
+        let mut cancel = self.options.cancel.clone();
+        let cancelled = async move {
+            while !*cancel.borrow_and_update() {
+                if cancel.changed().await.is_err() {
+                    std::future::pending::<()>().await;
                 }
             }
-            drop(sender);
-            Ok(per_table)
         };
-        let report = async {
-            let mut chunk = usize::MAX;
-            let mut in_chunk: Vec<(String, u64)> = Vec::new();
-            while let Some((n, table, rows, bytes, done, table_before)) = receiver.recv().await {
-                if n != chunk {
-                    chunk = n;
-                    in_chunk.clear();
-                }
-                match in_chunk.iter_mut().find(|(t, _)| *t == table) {
-                    Some(entry) => entry.1 = rows,
-                    None => in_chunk.push((table.clone(), rows)),
-                }
-                let detail = json!({
-                    "table": table,
-                    "table_rows": table_before + rows,
-                    "rows": done + in_chunk.iter().map(|(_, r)| r).sum::<u64>(),
-                    "estimate": estimate,
-                    "bytes": bytes,
-                });
-                on_event(&super::Event {
-                    migration: id,
-                    move_index: Some(m.index),
-                    event: "progress".into(),
-                    detail,
-                });
-            }
+        let copied = tokio::select! {
+            copied = copy => copied.map_err(|source| MigrateError::Copy {
+                index: m.index,
+                source,
+            })?,
+            () = cancelled => return Err(MigrateError::Cancelled { id }),
         };
-        let (copied, ()) = tokio::join!(copy, report);
-        let copied = copied?;
         // The exporting transaction only held the snapshot.
         exporting
             .commit()
             .await
             .map_err(|e| backfill_query(m, &e))?;
-        let rows: serde_json::Map<String, serde_json::Value> =
-            copied.into_iter().map(|(t, n)| (t, json!(n))).collect();
-        let rows = serde_json::Value::Object(rows);
-        self.copied.insert(m.index, rows.clone());
-        self.event(Some(m.index), "copied_rows", rows);
-        Ok(())
+        let rows: serde_json::Map<String, serde_json::Value> = copied
+            .iter()
+            .map(|t| (t.table.clone(), json!(t.rows)))
+            .collect();
+        Ok(serde_json::Value::Object(rows))
+    }
+
+    /// The `capturing` and `copied` steps in `group` (in step order), up to
+    /// `parallel` moves at once; each move's steps in order, each journaled
+    /// before it is done, failpoints and retries as for any step. Events
+    /// reach `on_event` as they come. Stops at the first error once the
+    /// running moves have ended.
+    pub(super) async fn backfill_in_parallel(
+        &mut self,
+        group: &[StepId],
+    ) -> Result<(), MigrateError> {
+        let mut units: Vec<(u32, Vec<StepId>)> = Vec::new();
+        for step in group {
+            let index = self.move_at(step.move_index)?.index;
+            match units.last_mut() {
+                Some((i, steps)) if *i == index => steps.push(*step),
+                _ => units.push((index, vec![*step])),
+            }
+        }
+        let parallel = self.options.parallel.max(1);
+        let (events, mut received) = mpsc::unbounded_channel();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = async move {
+            let results: Vec<Result<(u32, Option<serde_json::Value>), MigrateError>> =
+                futures_util::stream::iter(units)
+                    .map(|(index, steps)| {
+                        let events = events.clone();
+                        async move {
+                            let rows = this.backfill_unit(index, &steps, &events).await?;
+                            Ok((index, rows))
+                        }
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await;
+            results
+        };
+        let drain = async {
+            while let Some(e) = received.recv().await {
+                on_event(&e);
+            }
+        };
+        let (results, ()) = tokio::join!(work, drain);
+        self.on_event = on_event;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok((index, Some(rows))) => {
+                    self.copied.insert(index, rows.clone());
+                    self.event(Some(index), "copied_rows", rows);
+                }
+                Ok((_, None)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// One move's backfill steps (see [`Run::backfill_in_parallel`]);
+    /// returns the rows copied when it copied.
+    async fn backfill_unit(
+        &self,
+        index: u32,
+        steps: &[StepId],
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Option<serde_json::Value>, MigrateError> {
+        let m = &self.move_at(Some(index))?;
+        let mut rows = None;
+        for step in steps {
+            self.check_cancel()?;
+            let detail = self.journal_detail(*step);
+            let text = detail.to_string();
+            let text = &text;
+            self.retrying(*step, events, move || async move {
+                self.migration
+                    .append(&self.control, step.move_index, step.phase, text)
+                    .await
+                    .map(|_| ())
+                    .map_err(MigrateError::from)
+            })
+            .await?;
+            let _ = events.send(Event {
+                migration: self.migration.id,
+                move_index: step.move_index,
+                event: step.phase.as_str().into(),
+                detail,
+            });
+            failpoint::hit(step.phase, step.move_index, When::Before);
+            match step.phase {
+                Phase::Capturing => {
+                    self.retrying(*step, events, move || self.capture_on(m))
+                        .await?;
+                }
+                Phase::Copied => {
+                    rows = Some(
+                        self.retrying(*step, events, move || self.backfill_rows(m, events))
+                            .await?,
+                    );
+                }
+                other => {
+                    return Err(MigrateError::Journal {
+                        id: self.migration.id,
+                        what: format!("`{other}` is not a backfill step"),
+                    })
+                }
+            }
+            failpoint::hit(step.phase, step.move_index, When::After);
+        }
+        Ok(rows)
+    }
+
+    /// Runs `op` until it succeeds, retrying (with `stall` events) while it
+    /// fails on a lost connection, for up to `retry_for`.
+    async fn retrying<T, F, Fut>(
+        &self,
+        step: StepId,
+        events: &mpsc::UnboundedSender<Event>,
+        mut op: F,
+    ) -> Result<T, MigrateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MigrateError>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    attempt += 1;
+                    let pause = backoff(attempt);
+                    let _ = events.send(Event {
+                        migration: self.migration.id,
+                        move_index: step.move_index,
+                        event: "stall".into(),
+                        detail: json!({
+                            "step": step.phase.as_str(),
+                            "error": e.to_string(),
+                            "attempt": attempt,
+                            "retry_in_ms": pause.as_millis() as u64,
+                        }),
+                    });
+                    tokio::time::sleep(pause).await;
+                    self.check_cancel()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `caught_up` (and, with `fenced`, the last replay of `verified`):
@@ -285,67 +434,5 @@ fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
             detail: postshard_router::describe_db_error(e),
             lost: e.is_closed() || e.as_db_error().is_none(),
         },
-    }
-}
-
-/// The parts a backfill of `range` is copied in: one, unless throttled;
-/// then about one second of rows each (by the estimate; 64 parts without
-/// one), at most [`MAX_CHUNKS`], split evenly by token (tokens are hashes,
-/// so rows spread evenly).
-fn chunk_ranges(
-    range: TokenRange,
-    estimate: Option<u64>,
-    max_rate: Option<u64>,
-) -> Vec<TokenRange> {
-    let parts = match max_rate.filter(|r| *r > 0) {
-        None => 1,
-        Some(rate) => estimate
-            .map_or(64, |rows| rows.div_ceil(rate))
-            .clamp(1, MAX_CHUNKS),
-    };
-    let (from, to) = (i128::from(range.from()), range.to());
-    let step = ((to - from) / i128::from(parts)).max(1);
-    let mut out = Vec::new();
-    let mut start = from;
-    while start < to {
-        let end = if out.len() as u64 + 1 >= parts {
-            to
-        } else {
-            (start + step).min(to)
-        };
-        if let Ok(r) = TokenRange::new(start, end) {
-            out.push(r);
-        }
-        start = end;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_the_range_exactly_in_order() {
-        let ring = TokenRange::ring();
-        for (estimate, rate, parts) in [
-            (None, None, 1),
-            (Some(10_000), Some(1_000), 10),
-            (None, Some(5), 64),
-            (Some(u64::MAX), Some(1), MAX_CHUNKS as usize),
-            (Some(1), Some(1_000), 1),
-        ] {
-            let chunks = chunk_ranges(ring, estimate, rate);
-            assert_eq!(chunks.len(), parts, "{estimate:?} {rate:?}");
-            assert_eq!(chunks.first().map(|c| c.from()), Some(ring.from()));
-            assert_eq!(chunks.last().map(|c| c.to()), Some(ring.to()));
-            for pair in chunks.windows(2) {
-                assert_eq!(i128::from(pair[1].from()), pair[0].to());
-            }
-        }
-        let tiny = TokenRange::new(0, 3).unwrap();
-        let chunks = chunk_ranges(tiny, Some(100), Some(1));
-        assert_eq!(chunks.len(), 3);
-        assert_eq!(chunks.last().map(|c| c.to()), Some(3));
     }
 }

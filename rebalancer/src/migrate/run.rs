@@ -114,21 +114,42 @@ fn refused(e: InitError) -> MigrateError {
     }
 }
 
-/// Takes the run lock of migration `id` for this session.
+/// The pause before retry `attempt` (from 1): 200 ms doubling to 5 s.
+pub(super) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(attempt.min(6))).min(Duration::from_secs(5))
+}
+
+/// Whether `phase` is part of an online backfill (what may run in parallel).
+fn is_backfill(phase: Phase) -> bool {
+    matches!(phase, Phase::Capturing | Phase::Copied)
+}
+
+/// How long taking the run lock waits for its holder to go: a process
+/// killed a moment ago still holds it until its server backend notices the
+/// closed connection.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the run lock of migration `id` for this session, waiting up to
+/// [`LOCK_WAIT`] for a holder that is going away.
 async fn lock(control: &Client, id: i64) -> Result<(), MigrateError> {
     let key = i32::try_from(id).unwrap_or(i32::MAX);
-    let got: bool = control
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&RUN_LOCK_CLASS, &key],
-        )
-        .await
-        .map_err(control::query_error("locking the migration"))?
-        .get(0);
-    if got {
-        Ok(())
-    } else {
-        Err(MigrateError::Busy { id })
+    let start = Instant::now();
+    loop {
+        let got: bool = control
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&RUN_LOCK_CLASS, &key],
+            )
+            .await
+            .map_err(control::query_error("locking the migration"))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(MigrateError::Busy { id });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -320,16 +341,38 @@ pub async fn resume(
                 (_, other) => other,
             };
             let all = steps(run.mode, run.moves_len());
-            let at = all
-                .iter()
-                .position(|s| s.phase == phase && s.move_index == last.move_index)
-                .ok_or_else(|| MigrateError::Journal {
-                    id,
-                    what: format!(
-                        "last step `{phase}` is not a step of a {} move",
-                        run.mode.as_str()
-                    ),
-                })?;
+            let position = |phase: Phase, move_index: Option<u32>| {
+                all.iter()
+                    .position(|s| s.phase == phase && s.move_index == move_index)
+                    .ok_or_else(|| MigrateError::Journal {
+                        id,
+                        what: format!(
+                            "step `{phase}` is not a step of a {} move",
+                            run.mode.as_str()
+                        ),
+                    })
+            };
+            let mut at = position(phase, last.move_index)?;
+            // Backfills that ran in parallel may each have stopped midway:
+            // continue from the earliest move's last step.
+            let parallel = journal.iter().any(|s| {
+                s.phase == Phase::Capturing
+                    && serde_json::from_str::<Value>(&s.detail)
+                        .ok()
+                        .and_then(|d| d.get("parallel").and_then(Value::as_u64))
+                        .is_some_and(|k| k > 1)
+            });
+            if parallel && is_backfill(phase) {
+                let mut last_of_move = BTreeMap::new();
+                for s in &journal {
+                    last_of_move.insert(s.move_index, s.phase);
+                }
+                for (move_index, phase) in last_of_move {
+                    if is_backfill(phase) {
+                        at = at.min(position(phase, move_index)?);
+                    }
+                }
+            }
             run.run_from(at).await?;
         }
     }
@@ -424,48 +467,31 @@ impl Run<'_> {
     /// (or its journal entry) that fails on a lost connection is retried
     /// with backoff for up to `retry_for` (every step is idempotent).
     async fn run_from(&mut self, start: usize) -> Result<(), MigrateError> {
-        for step in steps(self.mode, self.moves_len()).into_iter().skip(start) {
+        let result = self.run_steps(start).await;
+        if let Err(MigrateError::Cancelled { .. }) = result {
+            self.event(None, "cancelled", json!({}));
+        }
+        result
+    }
+
+    async fn run_steps(&mut self, start: usize) -> Result<(), MigrateError> {
+        let all = steps(self.mode, self.moves_len());
+        let mut at = start;
+        while let Some(step) = all.get(at).copied() {
             self.check_cancel()?;
-            let detail = match (step.phase, step.move_index) {
-                (Phase::Verified, Some(i)) => {
-                    json!({ "copied": self.copied.get(&i).cloned().unwrap_or(Value::Null) })
-                }
-                (Phase::Flipped, _) => json!({ "epoch": self.new.version() }),
-                _ => json!({}),
-            };
-            let started = Instant::now();
-            let mut attempt = 0u32;
-            let mut journaled = false;
-            loop {
-                let stepping = journaled;
-                let result = if stepping {
-                    self.step(step).await
-                } else {
-                    self.journal(step.move_index, step.phase, detail.clone())
-                        .await
-                };
-                match result {
-                    Ok(()) if stepping => break,
-                    Ok(()) => journaled = true,
-                    Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
-                        attempt += 1;
-                        let pause = Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
-                            .min(Duration::from_secs(5));
-                        let detail = json!({
-                            "step": step.phase.as_str(),
-                            "error": e.to_string(),
-                            "attempt": attempt,
-                            "retry_in_ms": pause.as_millis() as u64,
-                        });
-                        self.event(step.move_index, "stall", detail);
-                        tokio::time::sleep(pause).await;
-                        self.check_cancel()?;
-                        self.reconnect_control().await;
-                    }
-                    Err(e) => return Err(e),
-                }
+            if self.mode == Mode::Online && self.options.parallel > 1 && is_backfill(step.phase) {
+                let end = all
+                    .iter()
+                    .skip(at)
+                    .position(|s| !is_backfill(s.phase))
+                    .map_or(all.len(), |p| at + p);
+                let group = all.get(at..end).unwrap_or_default().to_vec();
+                self.backfill_in_parallel(&group).await?;
+                at = end;
+                continue;
             }
-            failpoint::hit(step.phase, step.move_index, When::After);
+            self.run_step(step).await?;
+            at += 1;
         }
         self.migration
             .finish(&self.control, MigrationState::Done)
@@ -480,10 +506,62 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Journals and does one step, retrying it while it fails on a lost
+    /// connection (for up to `retry_for`).
+    async fn run_step(&mut self, step: StepId) -> Result<(), MigrateError> {
+        let detail = self.journal_detail(step);
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let mut journaled = false;
+        loop {
+            let stepping = journaled;
+            let result = if stepping {
+                self.step(step).await
+            } else {
+                self.journal(step.move_index, step.phase, detail.clone())
+                    .await
+            };
+            match result {
+                Ok(()) if stepping => break,
+                Ok(()) => journaled = true,
+                Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    attempt += 1;
+                    let pause = backoff(attempt);
+                    let detail = json!({
+                        "step": step.phase.as_str(),
+                        "error": e.to_string(),
+                        "attempt": attempt,
+                        "retry_in_ms": pause.as_millis() as u64,
+                    });
+                    self.event(step.move_index, "stall", detail);
+                    tokio::time::sleep(pause).await;
+                    self.check_cancel()?;
+                    self.reconnect_control().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        failpoint::hit(step.phase, step.move_index, When::After);
+        Ok(())
+    }
+
+    /// What the journal records with `step`: rows copied (`verified`), the
+    /// new epoch (`flipped`), the parallelism of a backfill (`capturing`,
+    /// which resume needs to know where to continue).
+    pub(super) fn journal_detail(&self, step: StepId) -> Value {
+        match (step.phase, step.move_index) {
+            (Phase::Verified, Some(i)) => {
+                json!({ "copied": self.copied.get(&i).cloned().unwrap_or(Value::Null) })
+            }
+            (Phase::Flipped, _) => json!({ "epoch": self.new.version() }),
+            (Phase::Capturing, _) => json!({ "parallel": self.options.parallel.max(1) }),
+            _ => json!({}),
+        }
+    }
+
     /// Stops with [`MigrateError::Cancelled`] once the cancel signal is set.
-    pub(super) fn check_cancel(&mut self) -> Result<(), MigrateError> {
+    pub(super) fn check_cancel(&self) -> Result<(), MigrateError> {
         if *self.options.cancel.borrow() {
-            self.event(None, "cancelled", json!({}));
             return Err(MigrateError::Cancelled {
                 id: self.migration.id,
             });
@@ -493,7 +571,7 @@ impl Run<'_> {
 
     /// Whether `e` came from a lost or refused connection (a server
     /// restarting), so that redoing the step may succeed.
-    fn retryable(&self, e: &MigrateError) -> bool {
+    pub(super) fn retryable(&self, e: &MigrateError) -> bool {
         use crate::range::ChecksumError;
         match e {
             MigrateError::Connect { .. } => true,
@@ -525,7 +603,7 @@ impl Run<'_> {
         }
     }
 
-    fn move_at(&self, index: Option<u32>) -> Result<MoveRange, MigrateError> {
+    pub(super) fn move_at(&self, index: Option<u32>) -> Result<MoveRange, MigrateError> {
         index
             .and_then(|i| self.moves.get(usize::try_from(i).ok()?))
             .cloned()

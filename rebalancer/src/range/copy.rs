@@ -138,6 +138,21 @@ pub async fn copy_range(
     target: Endpoint<'_>,
     spec: &CopySpec<'_>,
 ) -> Result<Vec<TableCopied>, CopyError> {
+    copy_range_paced(source, target, spec, None).await
+}
+
+/// [`copy_range`] streaming at most `max_rows_per_sec` rows per second per
+/// table (`None` or 0: as fast as it goes): the stream pauses between COPY
+/// chunks when it is ahead, so the source is still read once, in one
+/// snapshot.
+///
+/// Errors: as [`copy_range`].
+pub async fn copy_range_paced(
+    source: Endpoint<'_>,
+    target: Endpoint<'_>,
+    spec: &CopySpec<'_>,
+    max_rows_per_sec: Option<u64>,
+) -> Result<Vec<TableCopied>, CopyError> {
     let (source_shard, target_shard) = (source.shard, target.shard);
     let read = begin_snapshot(source.client, spec.snapshot)
         .await
@@ -181,7 +196,7 @@ pub async fn copy_range(
             write.client(),
             &from,
             &spec.range.predicate(table, spec.seed),
-            spec.progress,
+            (spec.progress, max_rows_per_sec.filter(|r| *r > 0)),
             (source_shard, target_shard),
         )
         .await?;
@@ -242,7 +257,7 @@ pub(crate) async fn copy_keys(
             write.client(),
             &schema,
             &filter,
-            None,
+            (None, None),
             (source_shard, target_shard),
         )
         .await?;
@@ -253,13 +268,14 @@ pub(crate) async fn copy_keys(
 
 /// Streams one table's rows matching `filter` (SQL over the table):
 /// `COPY (SELECT …) TO STDOUT` on the source piped into `COPY … FROM STDIN`
-/// on the target, both binary. Returns rows written and bytes streamed.
+/// on the target, both binary, paced to at most `pace` rows per second.
+/// Returns rows written and bytes streamed.
 async fn stream_table(
     source: &Client,
     target: &Client,
     schema: &TableSchema,
     filter: &str,
-    progress: Option<OnProgress<'_>>,
+    (progress, pace): (Option<OnProgress<'_>>, Option<u64>),
     (source_shard, target_shard): (&str, &str),
 ) -> Result<(u64, u64), CopyError> {
     let table = &schema.table;
@@ -279,6 +295,7 @@ async fn stream_table(
     futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
+    let started = tokio::time::Instant::now();
     let mut tuples = TupleCounter::new();
     let mut next_report = PROGRESS_EVERY;
     let report = |rows, bytes| {
@@ -301,6 +318,16 @@ async fn stream_table(
         // `feed` buffers without flushing; the sink sends 4 KiB messages.
         // Dropping the sink on an error aborts the target's COPY.
         sink.feed(chunk).await.map_err(on_target)?;
+        if let Some(rate) = pace {
+            let due = std::time::Duration::from_secs_f64(tuples.tuples() as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                if ahead >= std::time::Duration::from_millis(10) {
+                    // Flush what is buffered so the target is not left waiting.
+                    sink.flush().await.map_err(on_target)?;
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+        }
     }
     let rows = sink.as_mut().finish().await.map_err(on_target)?;
     if rows != tuples.tuples() || !tuples.is_done() {

@@ -23,7 +23,9 @@ use postshard_router::Token;
 use tokio_postgres::Client;
 
 pub use checksum::{checksum_range, ChecksumError, TableChecksum};
-pub use copy::{copy_range, CopyError, CopyProgress, CopySpec, OnProgress, TableCopied};
+pub use copy::{
+    copy_range, copy_range_paced, CopyError, CopyProgress, CopySpec, OnProgress, TableCopied,
+};
 pub use delete::{delete_range, DeleteError, TableDeleted, DEFAULT_BATCH_ROWS};
 pub use schema::{read_schema, Column, SchemaError, TableSchema};
 pub use verify::{verify, Problem, ProblemKind, VerifyError, VerifyOptions, VerifyReport};
