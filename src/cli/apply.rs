@@ -29,6 +29,33 @@ pub struct Args {
     map: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// How fast an online migration goes.
+#[derive(Debug, clap::Args)]
+pub struct PaceArgs {
+    /// Online mode: copy at most N rows per second per table during the
+    /// backfill (default: as fast as it goes).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows_per_sec: Option<u64>,
+    /// Online mode: backfill up to K moves at once.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+}
+
+impl PaceArgs {
+    /// Move options with this pace and `cancel` as the stop signal.
+    pub fn options(&self, cancel: tokio::sync::watch::Receiver<bool>) -> MoveOptions {
+        MoveOptions {
+            cancel,
+            max_rows_per_sec: self.max_rows_per_sec,
+            parallel: usize::try_from(self.parallel).unwrap_or(1),
+            ..MoveOptions::default()
+        }
+    }
 }
 
 /// How a migration is shown: text with progress bars (on a terminal),
@@ -106,10 +133,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let plan = Plan::from_path(&args.plan).map_err(Failure::invalid)?;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let options = MoveOptions {
-        cancel: cancelled,
-        ..MoveOptions::default()
-    };
+    let options = args.pace.options(cancelled);
     let runtime = runtime()?;
     with_progress(
         args.output.progress(),

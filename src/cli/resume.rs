@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use postshard_rebalancer::migrate::{self, MoveOptions};
+use postshard_rebalancer::migrate;
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, stop_on_ctrl_c, with_progress, OutputArgs};
+use super::apply::{control_map, failure, stop_on_ctrl_c, with_progress, OutputArgs, PaceArgs};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -21,16 +21,15 @@ pub struct Args {
     map: PathBuf,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    pace: PaceArgs,
 }
 
 /// Resumes; exit 0 once the migration is done (or its abort finished).
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let options = MoveOptions {
-        cancel: cancelled,
-        ..MoveOptions::default()
-    };
+    let options = args.pace.options(cancelled);
     let runtime = runtime()?;
     with_progress(
         args.output.progress(),

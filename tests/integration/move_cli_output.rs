@@ -192,10 +192,28 @@ fn json_quiet_text_and_status_show_a_migration() {
             "{shown}"
         );
 
-        // --quiet to the end: the final line only.
+        // --quiet to the end: the final line only (both moves backfilled at
+        // once, paced); a pace of 0 is refused first.
         let again_plan = forum.add_plan().await;
         let again = plan_file(&again_plan);
-        let out = forum.postshard(&["apply", again.path().to_str().unwrap(), "--quiet"], &[]);
+        let again_arg = again.path().to_str().unwrap();
+        for bad in [["--parallel", "0"], ["--max-rows-per-sec", "0"]] {
+            let out = forum.postshard(&["apply", again_arg, bad[0], bad[1]], &[]);
+            assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+            assert!(out.stdout.is_empty(), "{}", text(&out));
+        }
+        let out = forum.postshard(
+            &[
+                "apply",
+                again_arg,
+                "--quiet",
+                "--parallel",
+                "2",
+                "--max-rows-per-sec",
+                "100000",
+            ],
+            &[],
+        );
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
