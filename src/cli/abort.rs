@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use postshard_rebalancer::migrate::{self, MoveOptions};
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, print_event};
+use super::apply::{control_map, failure, with_progress, OutputArgs};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -18,26 +18,28 @@ pub struct Args {
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
     map: PathBuf,
-    /// One JSON event per line instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Aborts; exit 0 once nothing of the migration is left.
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
-    let json = args.json;
-    runtime()?
-        .block_on(migrate::abort(
-            &map,
-            args.id,
-            &env_var,
-            &MoveOptions::default(),
-            &mut |e| print_event(json, e),
-        ))
-        .map_err(failure)?;
-    if !json {
-        super::output::print(format!("migration {}: aborted\n", args.id))?;
-    }
-    Ok(())
+    let runtime = runtime()?;
+    let id = args.id;
+    with_progress(
+        args.output.progress(),
+        |on_event| {
+            runtime
+                .block_on(migrate::abort(
+                    &map,
+                    id,
+                    &env_var,
+                    &MoveOptions::default(),
+                    on_event,
+                ))
+                .map_err(failure)
+        },
+        |()| format!("migration {id}: aborted"),
+    )
 }

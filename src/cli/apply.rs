@@ -10,6 +10,7 @@ use postshard_router::map::env_var;
 use postshard_router::ShardMap;
 
 use super::map_source::runtime;
+use super::progress::{Progress, Style};
 use super::Failure;
 
 /// Arguments of `postshard apply`.
@@ -26,9 +27,74 @@ pub struct Args {
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
     map: PathBuf,
-    /// One JSON event per line instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// How fast an online migration goes.
+#[derive(Debug, clap::Args)]
+pub struct PaceArgs {
+    /// Online mode: copy at most N rows per second per table during the
+    /// backfill (default: as fast as it goes).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows_per_sec: Option<u64>,
+    /// Online mode: backfill up to K moves at once.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parallel: u64,
+}
+
+impl PaceArgs {
+    /// Move options with this pace and `cancel` as the stop signal.
+    pub fn options(&self, cancel: tokio::sync::watch::Receiver<bool>) -> MoveOptions {
+        MoveOptions {
+            cancel,
+            max_rows_per_sec: self.max_rows_per_sec,
+            parallel: usize::try_from(self.parallel).unwrap_or(1),
+            ..MoveOptions::default()
+        }
+    }
+}
+
+/// How a migration is shown: text with progress bars (on a terminal),
+/// `--quiet`, or `--json`.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// One JSON event per line on stdout (phase changes, progress, stall,
+    /// done), each with a `time`, for scripts; no text, no bars.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+    /// Print only errors and the final line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    /// A renderer for these flags.
+    pub fn progress(&self) -> Progress {
+        Progress::new(Style::from_flags(self.quiet, self.json))
+    }
+}
+
+/// Runs `work` with `progress` receiving its events; ends the output with
+/// `last` on success, or clears the bars before the error is printed.
+pub fn with_progress<T>(
+    mut progress: Progress,
+    work: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<T, Failure>,
+    last: impl FnOnce(&T) -> String,
+) -> Result<T, Failure> {
+    match work(&mut |e| progress.event(e)) {
+        Ok(value) => {
+            progress.finish(&last(&value))?;
+            Ok(value)
+        }
+        Err(e) => {
+            progress.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// The map file, which must name a control store.
@@ -52,27 +118,6 @@ pub fn failure(e: MigrateError) -> Failure {
     }
 }
 
-/// Prints one event, as text or a JSON line.
-pub fn print_event(json: bool, event: &Event) {
-    if json {
-        if let Ok(line) = serde_json::to_string(event) {
-            // A closed stdout must not stop a migration midway.
-            let _ = super::output::print(format!("{line}\n"));
-        }
-        return;
-    }
-    let what = match event.move_index {
-        Some(i) => format!("move {i}: {}", event.event),
-        None => event.event.clone(),
-    };
-    let detail = match &event.detail {
-        serde_json::Value::Object(o) if o.is_empty() => String::new(),
-        serde_json::Value::Null => String::new(),
-        d => format!(" {d}"),
-    };
-    let _ = super::output::print(format!("migration {}: {what}{detail}\n", event.migration));
-}
-
 /// Sets `cancel` on the first Ctrl-C (the run stops at its next resumable
 /// point and says how to resume).
 pub fn stop_on_ctrl_c(cancel: tokio::sync::watch::Sender<bool>) {
@@ -88,22 +133,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
     let plan = Plan::from_path(&args.plan).map_err(Failure::invalid)?;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let options = MoveOptions {
-        cancel: cancelled,
-        ..MoveOptions::default()
-    };
-    let json = args.json;
-    let id = runtime()?
-        .block_on(async {
-            stop_on_ctrl_c(cancel);
-            migrate::apply(&map, &plan, &args.mode, &env_var, &options, &mut |e| {
-                print_event(json, e)
-            })
-            .await
-        })
-        .map_err(failure)?;
-    if !json {
-        super::output::print(format!("migration {id}: done\n"))?;
-    }
+    let options = args.pace.options(cancelled);
+    let runtime = runtime()?;
+    with_progress(
+        args.output.progress(),
+        |on_event| {
+            runtime
+                .block_on(async {
+                    stop_on_ctrl_c(cancel);
+                    migrate::apply(&map, &plan, &args.mode, &env_var, &options, on_event).await
+                })
+                .map_err(failure)
+        },
+        |id| format!("migration {id}: done"),
+    )?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod map_init;
 mod map_source;
 mod output;
 mod plan;
+mod progress;
 mod resume;
 mod route;
 mod sandbox;

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use postshard_rebalancer::migrate::{self, MoveOptions};
+use postshard_rebalancer::migrate;
 use postshard_router::map::env_var;
 
-use super::apply::{control_map, failure, print_event, stop_on_ctrl_c};
+use super::apply::{control_map, failure, stop_on_ctrl_c, with_progress, OutputArgs, PaceArgs};
 use super::map_source::runtime;
 use super::Failure;
 
@@ -19,31 +19,29 @@ pub struct Args {
     /// A shard map naming the control store (`control:`).
     #[arg(long, default_value = "shardmap.yaml")]
     map: PathBuf,
-    /// One JSON event per line instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    pace: PaceArgs,
 }
 
 /// Resumes; exit 0 once the migration is done (or its abort finished).
 pub fn run(args: Args) -> Result<(), Failure> {
     let map = control_map(&args.map)?;
-    let json = args.json;
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
-    let options = MoveOptions {
-        cancel: cancelled,
-        ..MoveOptions::default()
-    };
-    let id = runtime()?
-        .block_on(async {
-            stop_on_ctrl_c(cancel);
-            migrate::resume(&map, args.id, &env_var, &options, &mut |e| {
-                print_event(json, e)
-            })
-            .await
-        })
-        .map_err(failure)?;
-    if !json {
-        super::output::print(format!("migration {id}: finished\n"))?;
-    }
+    let options = args.pace.options(cancelled);
+    let runtime = runtime()?;
+    with_progress(
+        args.output.progress(),
+        |on_event| {
+            runtime
+                .block_on(async {
+                    stop_on_ctrl_c(cancel);
+                    migrate::resume(&map, args.id, &env_var, &options, on_event).await
+                })
+                .map_err(failure)
+        },
+        |id| format!("migration {id}: finished"),
+    )?;
     Ok(())
 }

@@ -12,6 +12,7 @@ mod fence;
 mod hash_pg;
 mod init;
 mod live_router;
+mod move_cli_output;
 mod move_faults;
 mod move_online;
 mod move_online_faults;
