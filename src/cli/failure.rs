@@ -43,9 +43,24 @@ impl Failure {
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" }
             ),
-            _ => format!("error: {e:#}"),
+            _ => format!("error: {}", chain(e)),
         })
     }
+}
+
+/// An error and its causes, `: `-separated, leaving out a cause whose text
+/// the message already holds (error types that quote their source in their
+/// own message would otherwise print it twice).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 impl From<MapError> for Failure {
@@ -58,5 +73,40 @@ impl From<MapError> for Failure {
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Failure {
         Failure::Runtime(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    /// Quotes its source in its own message, as many error types do.
+    #[derive(Debug)]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "control store: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        let io = || std::io::Error::other("h:5432: connection refused");
+        let quoting = anyhow::Error::new(Quoting { source: io() });
+        assert_eq!(chain(&quoting), "control store: h:5432: connection refused");
+        let plain = anyhow::Error::new(io()).context("reading the plan");
+        assert_eq!(
+            chain(&plain),
+            "reading the plan: h:5432: connection refused"
+        );
     }
 }

@@ -8,7 +8,7 @@ use postshard_router::map::env_var;
 use postshard_router::ShardMap;
 
 use super::map_source::runtime;
-use super::Failure;
+use super::{output, Failure};
 
 /// Arguments of `postshard init`.
 #[derive(Debug, clap::Args)]
@@ -32,23 +32,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
             other => Failure::Runtime(other.into()),
         })?;
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        output::eprint(format!("warning: {warning}\n"));
     }
-    match report.seeded {
-        Seeded::Created => println!("control store: live map seeded at epoch {}", map.version()),
-        Seeded::AlreadyLive => println!(
-            "control store: live map at epoch {} (unchanged)",
+    let mut text = match report.seeded {
+        Seeded::Created => format!(
+            "control store: live map seeded at epoch {}\n",
             map.version()
         ),
-    }
+        Seeded::AlreadyLive => format!(
+            "control store: live map at epoch {} (unchanged)\n",
+            map.version()
+        ),
+    };
     for (shard, tables, from) in &report.copied {
-        match from {
-            Some(from) => println!(
-                "shard {shard}: fence ready; created {} from shard {from}",
+        text.push_str(&match from {
+            Some(from) => format!(
+                "shard {shard}: fence ready; created {} from shard {from}\n",
                 tables.join(", ")
             ),
-            None => println!("shard {shard}: fence ready"),
-        }
+            None => format!("shard {shard}: fence ready\n"),
+        });
     }
+    output::print(text)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use postshard_router::{connect, live_map, ShardMap};
 
 use super::map_source::runtime;
-use super::Failure;
+use super::{output, Failure};
 
 /// Arguments of `postshard map export`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .map_err(|e| Failure::Runtime(e.into()))?
             .ok_or_else(|| Failure::Runtime(live_map::LiveMapError::NotSeeded.into()))
     })?;
-    print!("{text}");
+    output::print(text)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use postshard_rebalancer::range::{verify, VerifyOptions, VerifyReport};
 use postshard_router::{Router, ShardMap};
 use serde_json::{json, Value};
 
-use super::Failure;
+use super::{output, Failure};
 
 /// Arguments of `postshard verify`.
 #[derive(Debug, clap::Args)]
@@ -44,9 +44,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     })?;
     let json = report_json(&map, &report);
     if args.json {
-        println!("{json}");
+        output::print(format!("{json}\n"))?;
     } else {
-        print!("{}", report_text(&map, &report));
+        output::print(report_text(&map, &report))?;
     }
     if report.is_clean() {
         return Ok(());
@@ -75,6 +75,7 @@ fn arc_json(arc: &ArcSums) -> Value {
         "from": arc.from,
         "last": arc.last,
         "owner": arc.owner,
+        "verified": arc.verified,
         "tables": arc.tables.iter().map(|t| json!({
             "table": t.table,
             "rows": t.rows,
@@ -104,9 +105,14 @@ fn report_text(map: &ShardMap, report: &VerifyReport) -> String {
     );
     for arc in &report.arcs {
         for t in &arc.tables {
+            let (rows, sum) = if arc.verified {
+                (t.rows.to_string(), t.sum.to_string())
+            } else {
+                ("-".to_string(), "not verified".to_string())
+            };
             out.push_str(&format!(
                 "{:<22} {:<22} {:<10} {:<12} {:>10} {:>22}\n",
-                arc.from, arc.last, arc.owner, t.table, t.rows, t.sum
+                arc.from, arc.last, arc.owner, t.table, rows, sum
             ));
         }
     }

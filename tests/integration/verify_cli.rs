@@ -232,12 +232,27 @@ fn verify_names_a_missing_table_and_an_unreachable_shard() {
     );
     cluster.servers()[1].psql(FORUM_SCHEMA).unwrap();
     cluster.servers()[1].stop().unwrap();
-    let (code, _, stderr) = verify(f.path().to_str().unwrap(), &[]);
+    let (code, stdout, stderr) = verify(f.path().to_str().unwrap(), &[]);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("shard s1") && stderr.contains("cannot connect"),
         "{stderr}"
     );
+    // The down shard's arcs are not shown as empty: their counts are unknown.
+    let s1_lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("s1"))
+        .collect();
+    assert!(!s1_lines.is_empty(), "{stdout}");
+    assert!(
+        s1_lines.iter().all(|l| l.ends_with("not verified")),
+        "{stdout}"
+    );
+    let (_, json, _) = verify(f.path().to_str().unwrap(), &["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    for arc in report["arcs"].as_array().expect("arcs") {
+        assert_eq!(arc["verified"], arc["owner"] != "s1", "{arc}");
+    }
     // Bad input is exit 2.
     let (code, _, stderr) = verify("/nonexistent/map.yaml", &[]);
     assert_eq!(code, Some(2), "{stderr}");

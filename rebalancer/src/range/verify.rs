@@ -42,6 +42,10 @@ pub struct ArcSums {
     pub owner: String,
     /// One per sharded table, in map order.
     pub tables: Vec<TableChecksum>,
+    /// False when the owner could not be scanned: the counts and checksums
+    /// are then not known (not zero); the reason is in
+    /// [`VerifyReport::errors`].
+    pub verified: bool,
 }
 
 /// What is wrong with a row.
@@ -172,6 +176,7 @@ pub async fn verify(router: &Router, options: VerifyOptions) -> VerifyReport {
                         sum: 0,
                     })
                     .collect(),
+                verified: true,
             })
             .collect(),
         problems: Vec::new(),
@@ -186,6 +191,10 @@ pub async fn verify(router: &Router, options: VerifyOptions) -> VerifyReport {
             Ok(scans) => scans,
             Err(e) => {
                 report.errors.push(e);
+                let owner = shard_name(map, shard);
+                for arc in report.arcs.iter_mut().filter(|a| a.owner == owner) {
+                    arc.verified = false;
+                }
                 continue;
             }
         };
