@@ -46,6 +46,14 @@ fn write_description(map: &ShardMap, origin: &str, out: &mut String) -> std::fmt
     }
     writeln!(out, "shards:")?;
     let mut notes = Vec::new();
+    if map.control().is_some() {
+        notes.push(
+            "this map names a control store: the other commands route by its live map, \
+             which moves ahead of this file as plans are applied (`postshard map export` \
+             prints it)"
+                .to_string(),
+        );
+    }
     for (i, (shard, share)) in map.shards().iter().zip(&shares).enumerate() {
         let arcs: Vec<_> = map.ring().arcs().filter(|a| a.shard == i).collect();
         writeln!(

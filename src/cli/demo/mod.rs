@@ -456,7 +456,10 @@ async fn demo(args: &Args, dir: &Path) -> Result<(), Failure> {
         absolute(&args.report).display(),
         started.elapsed().as_secs_f64()
     );
-    drop(router);
+    // Deregister, so a kept sandbox's `status` lists no lapsed demo router.
+    if let Ok(router) = Arc::try_unwrap(router) {
+        router.shutdown().await;
+    }
     if outcome.checked.problem_count > 0 || !outcome.verify_ok || !errors.is_empty() {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "the check found problems (see above)"
