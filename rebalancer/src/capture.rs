@@ -34,7 +34,7 @@ use std::time::Duration;
 use postshard_router::describe_db_error;
 use postshard_router::map::Table;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::fence::{self, trigger_function, SHARD_SCHEMA};
 use crate::range::copy::copy_keys;
@@ -295,7 +295,7 @@ pub async fn backlog(
 }
 
 /// What one replayed batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Replayed {
     /// Changelog rows consumed.
     pub changes: u64,
@@ -303,6 +303,35 @@ pub struct Replayed {
     pub keys: u64,
     /// Rows written to the target (all tables).
     pub rows: u64,
+    /// The keys copied again (sorted, distinct): the online verification
+    /// under the fence compares exactly these (and the cut's).
+    pub copied: Vec<i64>,
+}
+
+/// The distinct keys of `range` with captured changes not yet replayed, as
+/// `client` (a transaction, whose snapshot is the cut) sees the changelog.
+///
+/// Errors: [`CaptureError::Query`] (the changelog missing included).
+pub async fn pending_keys(
+    client: &impl GenericClient,
+    shard: &str,
+    seed: i64,
+    range: TokenRange,
+) -> Result<Vec<i64>, CaptureError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT DISTINCT key FROM {SHARD_SCHEMA}.{CHANGELOG} WHERE {} ORDER BY key",
+                changelog_filter(seed, range)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(shard, "reading the changelog's keys", &e))?;
+    rows.iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(|e| query_error(shard, "reading the changelog's keys", &e))
 }
 
 /// Replays the oldest `limit` (at least 1) captured changes of `range`
@@ -378,6 +407,7 @@ pub async fn replay_batch(
         changes: seqs.len() as u64,
         keys: keys.len() as u64,
         rows: written,
+        copied: keys,
     })
 }
 

@@ -15,6 +15,7 @@ mod live_router;
 mod move_cli_output;
 mod move_faults;
 mod move_online;
+mod move_online_cut;
 mod move_online_faults;
 mod move_online_seeds;
 mod move_refusals;

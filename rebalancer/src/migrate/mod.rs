@@ -24,8 +24,11 @@
 //! copied: per move `capturing` (change capture on the source, see
 //! [`crate::capture`]) and `copied` (backfill from one snapshot taken after
 //! capture is on), then per move `caught_up` (captured changes replayed
-//! until the backlog is small), then `fenced` for every move, then
-//! `verified` (the last backlog replayed under the fence, then compared);
+//! until the backlog is small; the range less the keys still changing
+//! compared at one source snapshot, the cut; replayed again), then `fenced`
+//! for every move, then `verified` (the last backlog replayed under the
+//! fence, then only the keys changed since the cut compared, or the whole
+//! range when the cut was made by another process);
 //! the flip, acknowledgements and clean-up (which also drops capture) are
 //! the blocking mode's. See [`steps`] and [`online`].
 //!
@@ -252,12 +255,21 @@ pub enum MigrateError {
         source: ChecksumError,
     },
     /// Source and target disagree after the copy; nothing was flipped.
+    /// Online, the comparison before the fence (`fenced` false) covers the
+    /// range less the keys still changing; under the fence, only those.
     #[error(
         "move {index}: table {table}: source {source_shard} has {source_rows} row(s) \
-         (checksum {source_sum}), target {target_shard} has {target_rows} (checksum {target_sum}); \
-         the move stays fenced: `postshard abort` or `postshard resume` (which copies again)"
+         (checksum {source_sum}), target {target_shard} has {target_rows} (checksum {target_sum}){}",
+        if *.fenced {
+            "; the move stays fenced: `postshard abort` or `postshard resume` (which copies again)"
+        } else {
+            " outside the keys changed since the backfill, before the fence; \
+             `postshard abort` (or `postshard resume`, which compares again)"
+        }
     )]
     Mismatch {
+        /// Whether the range was fenced (writes to it refused) when compared.
+        fenced: bool,
         /// The move.
         index: u32,
         /// The table.

@@ -1,7 +1,9 @@
 //! The online mode's own steps: change capture on the source, the backfill
 //! from one snapshot taken after capture is on, and the catch-up that
 //! replays captured changes (before the fence until the backlog is small,
-//! under the fence until it is empty). The flip, acknowledgements and
+//! under the fence until it is empty), and the comparison at the cut
+//! ([`Run::verify_at_cut`]) that leaves only the keys changed since for the
+//! fenced verification. The flip, acknowledgements and
 //! clean-up are shared with the blocking mode ([`super::run`]).
 //!
 //! Why no write is lost between capture and snapshot: [`crate::capture::on`]
@@ -19,11 +21,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::failpoint::{self, When};
-use super::run::{backoff, MoveRange, Run};
+use super::run::{backoff, first_difference, mismatch, MoveRange, Run};
 use super::{Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
 use crate::control::Phase;
-use crate::range::{copy_range_paced, CopyProgress, CopySpec, Endpoint};
+use crate::range::{checksum_range_keys, copy_range_paced, CopyProgress, CopySpec, Endpoint, Keys};
 use crate::token_range::{union, TokenRange};
 
 /// How long a catch-up may run without its backlog shrinking before it
@@ -380,6 +382,11 @@ impl<'a> Run<'a> {
             if !fenced {
                 self.check_cancel()?;
             }
+            // Keys replayed after the cut join the keys the fenced
+            // verification compares; a replay that fails (maybe after its
+            // target committed) forgets the cut, so that move is compared
+            // whole.
+            let cut = self.cuts.remove(&m.index);
             let replayed = capture::replay_batch(
                 Endpoint {
                     shard: &m.source,
@@ -396,6 +403,10 @@ impl<'a> Run<'a> {
             )
             .await
             .map_err(Self::capture_error(m))?;
+            if let Some(mut keys) = cut {
+                keys.extend(replayed.copied.iter().copied());
+                self.cuts.insert(m.index, keys);
+            }
             let backlog = capture::backlog(&source, &m.source, seed, m.range)
                 .await
                 .map_err(Self::capture_error(m))?;
@@ -421,6 +432,94 @@ impl<'a> Run<'a> {
                 since = Instant::now();
             }
         }
+    }
+}
+
+impl Run<'_> {
+    /// The comparison at the cut (end of `caught_up`, before the fence),
+    /// with replay paused (this process is the only replayer): in one
+    /// repeatable-read snapshot S of the source, K = the range's keys with
+    /// captured changes not yet replayed; the range less K must checksum
+    /// the same on the source at S and on the target (which nobody else
+    /// writes: it refuses app writes to a range it does not own). On
+    /// success the move's entry in `cuts` is K, to which the catch-ups
+    /// that follow add every key they replay; the fenced verification then
+    /// compares only those keys (ARCHITECTURE.md, "Online mode", argues
+    /// why that suffices).
+    ///
+    /// Errors: [`MigrateError::Mismatch`] (`fenced` false) when the sides
+    /// differ; [`MigrateError::Capture`], [`MigrateError::Checksum`].
+    pub(super) async fn verify_at_cut(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        self.cuts.remove(&m.index);
+        let mut holder = self.shard(&m.source).await?;
+        let mut source = self.shard(&m.source).await?;
+        let mut target = self.shard(&m.target).await?;
+        let cut = holder
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| cut_query(m, &e))?;
+        let snapshot: String = cut
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| cut_query(m, &e))?
+            .try_get(0)
+            .map_err(|e| cut_query(m, &e))?;
+        let (tables, seed) = (self.new.tables(), self.new.seed());
+        let pending = capture::pending_keys(&cut, &m.source, seed, m.range)
+            .await
+            .map_err(Self::capture_error(m))?;
+        let except = Keys::Except(&pending);
+        let (at_cut, on_target) = tokio::join!(
+            checksum_range_keys(
+                Endpoint {
+                    shard: &m.source,
+                    client: &mut source,
+                },
+                tables,
+                seed,
+                m.range,
+                Some(&snapshot),
+                except,
+            ),
+            checksum_range_keys(
+                Endpoint {
+                    shard: &m.target,
+                    client: &mut target,
+                },
+                tables,
+                seed,
+                m.range,
+                None,
+                except,
+            ),
+        );
+        let checksum = |source| MigrateError::Checksum {
+            index: m.index,
+            source,
+        };
+        let (at_cut, on_target) = (at_cut.map_err(checksum)?, on_target.map_err(checksum)?);
+        // The snapshot holder only held S.
+        cut.commit().await.map_err(|e| cut_query(m, &e))?;
+        if let Some(difference) = first_difference(&at_cut, &on_target) {
+            return Err(mismatch(m, false, difference));
+        }
+        self.cuts.insert(m.index, pending.into_iter().collect());
+        Ok(())
+    }
+}
+
+fn cut_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
+    MigrateError::Capture {
+        index: m.index,
+        source: CaptureError::Query {
+            shard: m.source.clone(),
+            what: "taking the cut's snapshot",
+            detail: postshard_router::describe_db_error(e),
+            lost: e.is_closed() || e.as_db_error().is_none(),
+        },
     }
 }
 

@@ -30,7 +30,9 @@ use crate::control::{self, ControlError, Migration, MigrationState, Phase};
 use crate::fence::{self, FenceError};
 use crate::init::{prepare_shards_where, InitError};
 use crate::plan::Plan;
-use crate::range::{self, checksum_range, copy_range, delete_range, CopySpec, Endpoint};
+use crate::range::{
+    checksum_range_keys, copy_range, delete_range, CopySpec, Endpoint, Keys, TableChecksum,
+};
 use crate::token_range::{union, TokenRange};
 
 /// Advisory lock class of a running migration (`pg_try_advisory_lock(class, id)`).
@@ -85,6 +87,11 @@ pub(super) struct Run<'a> {
     fenced_at: BTreeMap<u32, Instant>,
     /// Milliseconds from each move's fence to the flip.
     blocked_ms: BTreeMap<u32, u64>,
+    /// Online: per move whose comparison at the cut passed in this
+    /// process, the keys its verification under the fence compares (the
+    /// cut's pending keys and every key replayed since). Memory only: a
+    /// move without an entry is compared whole (see [`super::online`]).
+    pub(super) cuts: BTreeMap<u32, BTreeSet<i64>>,
 }
 
 async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
@@ -230,6 +237,7 @@ pub async fn apply(
         copied: BTreeMap::new(),
         fenced_at: BTreeMap::new(),
         blocked_ms: BTreeMap::new(),
+        cuts: BTreeMap::new(),
     };
     let planned = json!({ "base_epoch": run.old.version(), "new_epoch": run.new.version() });
     run.journal(None, Phase::Planned, planned).await?;
@@ -282,6 +290,7 @@ async fn load_run<'a>(
         copied: BTreeMap::new(),
         fenced_at: BTreeMap::new(),
         blocked_ms: BTreeMap::new(),
+        cuts: BTreeMap::new(),
     })
 }
 
@@ -651,6 +660,8 @@ impl Run<'_> {
             }
             (Mode::Online, Phase::CaughtUp) => {
                 let m = self.move_at(step.move_index)?;
+                self.catch_up(&m, false).await?;
+                self.verify_at_cut(&m).await?;
                 self.catch_up(&m, false).await
             }
             (Mode::Blocking, Phase::Copied) => {
@@ -662,7 +673,13 @@ impl Run<'_> {
                 if mode == Mode::Online {
                     self.catch_up(&m, true).await?;
                 }
-                self.verify(&m).await
+                match self.cuts.get(&m.index) {
+                    Some(keys) => {
+                        let keys: Vec<i64> = keys.iter().copied().collect();
+                        self.verify(&m, Keys::Only(&keys)).await
+                    }
+                    None => self.verify(&m, Keys::All).await,
+                }
             }
             (_, Phase::Flipped) => {
                 self.flip().await?;
@@ -756,28 +773,22 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Compares row counts and checksums of the range, both sides.
-    pub(super) async fn verify(&self, m: &MoveRange) -> Result<(), MigrateError> {
-        if let Some((table, s, t)) = self.differing_table(m).await? {
-            return Err(MigrateError::Mismatch {
-                index: m.index,
-                table,
-                source_shard: m.source.clone(),
-                target_shard: m.target.clone(),
-                source_rows: s.rows,
-                target_rows: t.rows,
-                source_sum: s.sum,
-                target_sum: t.sum,
-            });
+    /// Compares row counts and checksums of the rows of the range that
+    /// `keys` selects, both sides, with writes to it refused.
+    pub(super) async fn verify(&self, m: &MoveRange, keys: Keys<'_>) -> Result<(), MigrateError> {
+        match self.differing_table(m, keys).await? {
+            Some(difference) => Err(mismatch(m, true, difference)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// The first table whose range differs between source and target.
+    /// The first table whose range (the rows `keys` selects) differs
+    /// between source and target.
     async fn differing_table(
         &self,
         m: &MoveRange,
-    ) -> Result<Option<(String, range::TableChecksum, range::TableChecksum)>, MigrateError> {
+        keys: Keys<'_>,
+    ) -> Result<Option<Difference>, MigrateError> {
         let mut sums = Vec::with_capacity(2);
         for name in [&m.source, &m.target] {
             let mut client = self.shard(name).await?;
@@ -785,8 +796,9 @@ impl Run<'_> {
                 shard: name,
                 client: &mut client,
             };
+            let (tables, seed) = (self.new.tables(), self.new.seed());
             sums.push(
-                checksum_range(side, self.new.tables(), self.new.seed(), m.range, None)
+                checksum_range_keys(side, tables, seed, m.range, None, keys)
                     .await
                     .map_err(|source| MigrateError::Checksum {
                         index: m.index,
@@ -794,15 +806,10 @@ impl Run<'_> {
                     })?,
             );
         }
-        let (source, target) = match (sums.first(), sums.get(1)) {
-            (Some(s), Some(t)) => (s, t),
-            _ => return Ok(None),
-        };
-        Ok(source
-            .iter()
-            .zip(target)
-            .find(|(s, t)| s != t)
-            .map(|(s, t)| (s.table.clone(), s.clone(), t.clone())))
+        Ok(match (sums.first(), sums.get(1)) {
+            (Some(s), Some(t)) => first_difference(s, t),
+            _ => None,
+        })
     }
 
     /// Targets own their new ranges, the control store flips (unless this
@@ -915,7 +922,7 @@ impl Run<'_> {
     /// restored and the abort refused.
     async fn check_targets_untouched(&self) -> Result<(), MigrateError> {
         for m in &self.moves {
-            if let Some((table, _, _)) = self.differing_table(m).await? {
+            if let Some((table, _, _)) = self.differing_table(m, Keys::All).await? {
                 for target in self.targets() {
                     let owned = union(
                         owned_by(&self.old, &target)
@@ -1020,6 +1027,37 @@ fn driver_lost(e: &(dyn std::error::Error + 'static)) -> bool {
         next = err.source();
     }
     false
+}
+
+/// A table whose checksums differ: its name, the source's, the target's.
+pub(super) type Difference = (String, TableChecksum, TableChecksum);
+
+/// The first table (in map order) whose count or checksum differs.
+pub(super) fn first_difference(
+    source: &[TableChecksum],
+    target: &[TableChecksum],
+) -> Option<Difference> {
+    source
+        .iter()
+        .zip(target)
+        .find(|(s, t)| s != t)
+        .map(|(s, t)| (s.table.clone(), s.clone(), t.clone()))
+}
+
+/// The verification failure of move `m` for `difference`.
+pub(super) fn mismatch(m: &MoveRange, fenced: bool, difference: Difference) -> MigrateError {
+    let (table, s, t) = difference;
+    MigrateError::Mismatch {
+        fenced,
+        index: m.index,
+        table,
+        source_shard: m.source.clone(),
+        target_shard: m.target.clone(),
+        source_rows: s.rows,
+        target_rows: t.rows,
+        source_sum: s.sum,
+        target_sum: t.sum,
+    }
 }
 
 pub(super) fn fence_error(shard: &str) -> impl Fn(FenceError) -> MigrateError + '_ {

@@ -20,7 +20,7 @@ pub mod verify;
 
 use tokio_postgres::Client;
 
-pub use checksum::{checksum_range, ChecksumError, TableChecksum};
+pub use checksum::{checksum_range, checksum_range_keys, ChecksumError, Keys, TableChecksum};
 pub use copy::{
     copy_range, copy_range_paced, CopyError, CopyProgress, CopySpec, OnProgress, TableCopied,
 };
