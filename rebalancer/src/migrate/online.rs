@@ -124,18 +124,9 @@ impl<'a> Run<'a> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
-        let exporting = holder
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+        let (exporting, snapshot) = export_snapshot(&mut holder)
             .await
             .map_err(|e| backfill_query(m, &e))?;
-        let snapshot: String = exporting
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(|e| backfill_query(m, &e))?
-            .get(0);
         let (tables, seed) = (self.new.tables(), self.new.seed());
         let id = self.migration.id;
         // Rows so far per table (the hook is called from the copy, `Sync`).
@@ -454,18 +445,8 @@ impl Run<'_> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
-        let cut = holder
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+        let (cut, snapshot) = export_snapshot(&mut holder)
             .await
-            .map_err(|e| cut_query(m, &e))?;
-        let snapshot: String = cut
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(|e| cut_query(m, &e))?
-            .try_get(0)
             .map_err(|e| cut_query(m, &e))?;
         let (tables, seed) = (self.new.tables(), self.new.seed());
         let pending = capture::pending_keys(&cut, &m.source, seed, m.range)
@@ -533,4 +514,23 @@ fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
             lost: e.is_closed() || e.as_db_error().is_none(),
         },
     }
+}
+
+/// Opens a read-only REPEATABLE READ transaction on `holder` and exports its
+/// snapshot, so other sessions can read exactly what it sees; the snapshot
+/// stays importable while the returned transaction is open.
+async fn export_snapshot(
+    holder: &mut tokio_postgres::Client,
+) -> Result<(tokio_postgres::Transaction<'_>, String), tokio_postgres::Error> {
+    let tx = holder
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await?
+        .try_get(0)?;
+    Ok((tx, snapshot))
 }

@@ -856,24 +856,33 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Deletes the moved rows from the source, then lowers its fence.
-    async fn clean(&self, m: &MoveRange) -> Result<(), MigrateError> {
-        let mut client = self.shard(&m.source).await?;
+    /// Deletes move `m`'s range from `shard` in batches (replica role: the
+    /// app's triggers do not fire).
+    async fn delete_moved(
+        &self,
+        shard: &str,
+        client: &mut Client,
+        m: &MoveRange,
+    ) -> Result<(), MigrateError> {
         delete_range(
-            Endpoint {
-                shard: &m.source,
-                client: &mut client,
-            },
+            Endpoint { shard, client },
             self.new.tables(),
             self.new.seed(),
             m.range,
             self.options.delete_batch,
         )
         .await
+        .map(drop)
         .map_err(|source| MigrateError::Delete {
             index: m.index,
             source,
-        })?;
+        })
+    }
+
+    /// Deletes the moved rows from the source, then lowers its fence.
+    async fn clean(&self, m: &MoveRange) -> Result<(), MigrateError> {
+        let mut client = self.shard(&m.source).await?;
+        self.delete_moved(&m.source, &mut client, m).await?;
         fence::lower(&client, &[m.range])
             .await
             .map_err(fence_error(&m.source))
@@ -953,21 +962,7 @@ impl Run<'_> {
             let mut target = self.shard(&m.target).await?;
             let prepared = fence::read(&target).await.is_ok();
             if prepared {
-                delete_range(
-                    Endpoint {
-                        shard: &m.target,
-                        client: &mut target,
-                    },
-                    self.new.tables(),
-                    self.new.seed(),
-                    m.range,
-                    self.options.delete_batch,
-                )
-                .await
-                .map_err(|source| MigrateError::Delete {
-                    index: m.index,
-                    source,
-                })?;
+                self.delete_moved(&m.target, &mut target, m).await?;
             }
             if self.mode == Mode::Online {
                 self.capture_off(m).await?;

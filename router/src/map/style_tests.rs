@@ -1,3 +1,4 @@
+//! Compiled only under #[cfg(test)], from `map/mod.rs`.
 //! Maps written in many styles (BOM, CRLF, tabs, comments, flow and block,
 //! quoting, anchors and aliases), each with one fault: every problem must
 //! carry a location, and the text there must be the offending value.
