@@ -96,6 +96,10 @@ pub(crate) struct Live {
     /// The control connection for reloads and renewals (one at a time).
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Woken whenever a newer map is swapped in, so a statement waiting
+    /// out a move (PS001) retries as soon as the watch sees the flip
+    /// rather than at its next poll.
+    swapped: tokio::sync::Notify,
 }
 
 impl Live {
@@ -141,6 +145,7 @@ impl Live {
             lease_until_ms: AtomicU64::new(0),
             client: tokio::sync::Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
+            swapped: tokio::sync::Notify::new(),
         });
         let sent = Instant::now();
         if !live_map::renew(&client, &live.id, epoch, options.lease)
@@ -212,12 +217,17 @@ impl Live {
         self.routing.load().map().version()
     }
 
-    /// Waits until the router routes by an epoch newer than `epoch`,
-    /// asking the control store every [`LiveOptions::moved_poll`]; false
-    /// when none came within [`LiveOptions::moved_wait`].
+    /// Waits until the router routes by an epoch newer than `epoch`: woken
+    /// by the watch's swap, and asking the control store every
+    /// [`LiveOptions::moved_poll`] as well; false when none came within
+    /// [`LiveOptions::moved_wait`].
     pub(crate) async fn wait_for_epoch_after(&self, epoch: u64) -> bool {
         let deadline = tokio::time::Instant::now() + self.options.moved_wait;
         loop {
+            let swapped = self.swapped.notified();
+            tokio::pin!(swapped);
+            // Registered before looking, so a swap between the two wakes us.
+            swapped.as_mut().enable();
             if self.epoch() > epoch {
                 return true;
             }
@@ -229,7 +239,10 @@ impl Live {
             if now >= deadline {
                 return false;
             }
-            tokio::time::sleep(self.options.moved_poll.min(deadline - now)).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.options.moved_poll.min(deadline - now)) => {}
+                () = &mut swapped => {}
+            }
         }
     }
 
@@ -286,6 +299,7 @@ impl Live {
         if map.version() > self.epoch() {
             let next = Routing::new(map, Some(&self.routing.load()))?;
             self.routing.store(Arc::new(next));
+            self.swapped.notify_waiters();
         }
         Ok(self.epoch())
     }
