@@ -45,8 +45,10 @@ use crate::token_range::{multirange_literal, TokenRange};
 pub const TRIGGER: &str = "zz_postshard_capture";
 /// The changelog table (in [`SHARD_SCHEMA`]).
 pub const CHANGELOG: &str = "changelog";
-/// How long one attempt at the capture DDL waits for a table lock.
-const LOCK_TIMEOUT: &str = "500ms";
+/// How long one attempt at the capture DDL waits for a table lock: every
+/// write to the table queues behind a waiting attempt, so this bounds the
+/// stall capture DDL can cause (it retries instead of waiting longer).
+const LOCK_TIMEOUT: &str = "50ms";
 
 /// A failure of change capture on a shard.
 #[derive(Debug, thiserror::Error)]
