@@ -12,7 +12,11 @@
 //! `POSTSHARD_BENCH_POSTS` scales the dataset (default 80,000 posts with
 //! 4 comments each: a quarter of the ring holds ~100,000 rows).
 
-use std::process::{Command, Stdio};
+#[path = "common/psql_pipe.rs"]
+mod psql_pipe;
+
+use psql_pipe::pipe_rows;
+
 use std::time::{Duration, Instant};
 
 use postshard_rebalancer::layout::balanced_arcs;
@@ -74,12 +78,6 @@ fn columns(table: &str) -> &'static str {
     }
 }
 
-fn psql_path() -> String {
-    let dir = std::env::var("POSTSHARD_PG_BINDIR")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
-    format!("{dir}/psql")
-}
-
 fn run(server: &Server, sql: &str) -> String {
     server.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
@@ -97,43 +95,12 @@ fn physical_copy(source: &Server, target: &Server, range: TokenRange) -> Duratio
     let start = Instant::now();
     for t in tables() {
         let cols = columns(&t.name);
-        let mut out = Command::new(psql_path())
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &source.url(),
-                "-c",
-                &format!(
-                    "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
-                    t.name,
-                    range.predicate(&t, SEED)
-                ),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("psql COPY TO");
-        let pipe = out.stdout.take().expect("pipe");
-        let status_in = Command::new(psql_path())
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &target.url(),
-                "-c",
-                &format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", t.name),
-            ])
-            .stdin(pipe)
-            .status()
-            .expect("psql COPY FROM");
-        let status_out = out.wait().expect("psql COPY TO");
-        assert!(
-            status_in.success() && status_out.success(),
-            "psql copy failed"
+        pipe_rows(
+            &source.url(),
+            &target.url(),
+            &t.name,
+            cols,
+            &range.predicate(&t, SEED),
         );
     }
     start.elapsed()

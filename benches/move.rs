@@ -28,6 +28,11 @@
 //! to leave out the capture-cost loops (they share the source's CPU with the
 //! backfill they run beside).
 
+#[path = "common/psql_pipe.rs"]
+mod psql_pipe;
+
+use psql_pipe::{pipe_rows, psql_path};
+
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -125,12 +130,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-}
-
-fn psql_path() -> String {
-    let dir = std::env::var("POSTSHARD_PG_BINDIR")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
-    format!("{dir}/psql")
 }
 
 fn run(server: &Server, sql: &str) -> String {
@@ -424,44 +423,7 @@ fn physical_copy(from: &str, to: &str, moves: &[TokenRange]) -> (Duration, u64) 
     for t in tables() {
         let cols = columns(&t.name);
         for r in moves {
-            let mut out = Command::new(psql_path())
-                .args([
-                    "-X",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    from,
-                    "-c",
-                    &format!(
-                        "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
-                        t.name,
-                        r.predicate(&t, SEED)
-                    ),
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("psql COPY TO");
-            let pipe = out.stdout.take().expect("pipe");
-            let status_in = Command::new(psql_path())
-                .args([
-                    "-X",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    to,
-                    "-c",
-                    &format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", t.name),
-                ])
-                .stdin(pipe)
-                .status()
-                .expect("psql COPY FROM");
-            let status_out = out.wait().expect("psql COPY TO");
-            assert!(
-                status_in.success() && status_out.success(),
-                "psql copy failed"
-            );
+            pipe_rows(from, to, &t.name, cols, &r.predicate(&t, SEED));
         }
     }
     let took = start.elapsed();
