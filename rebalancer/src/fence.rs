@@ -351,19 +351,22 @@ pub async fn lower(client: &Client, ranges: &[TokenRange]) -> Result<(), FenceEr
 }
 
 /// Sets the ranges the shard owns at `epoch` (after a flip: the source loses
-/// ranges, the target gains them, before the flip), then waits for older
-/// transactions as [`raise`] does, since ownership may have shrunk.
+/// ranges, the target gains them, before the flip), then, when ownership
+/// shrank, waits for older transactions as [`raise`] does (a write checked
+/// against the larger set may still be running; one checked against a
+/// smaller set stays allowed, so a grant needs no wait).
 pub async fn set_owned(
     client: &Client,
     epoch: u64,
     owned: &[TokenRange],
     wait: Duration,
 ) -> Result<(), FenceError> {
-    let changed = client
-        .execute(
+    let kept = client
+        .query_opt(
             &format!(
-                "UPDATE {SHARD_SCHEMA}.fence SET epoch = $1, owned = $2::text::int8multirange, \
-                 updated_at = now()"
+                "WITH before AS (SELECT owned FROM {SHARD_SCHEMA}.fence) \
+                 UPDATE {SHARD_SCHEMA}.fence SET epoch = $1, owned = $2::text::int8multirange, \
+                 updated_at = now() RETURNING (SELECT owned FROM before) <@ owned"
             ),
             &[
                 &i64::try_from(epoch).unwrap_or(i64::MAX),
@@ -372,8 +375,14 @@ pub async fn set_owned(
         )
         .await
         .map_err(query_error("setting owned ranges"))?;
-    if changed == 0 {
+    let Some(kept) = kept else {
         return Err(FenceError::NotInstalled);
+    };
+    let grown: Option<bool> = kept
+        .try_get(0)
+        .map_err(query_error("setting owned ranges"))?;
+    if grown == Some(true) {
+        return Ok(());
     }
     wait_for_older_transactions(client, wait).await
 }

@@ -102,8 +102,21 @@ fn killed_at_each_step(mode: Mode) {
             eprintln!("failpoint {failpoint}");
             let epoch = forum.live().await.version();
             if before_flip {
-                apply_killed(&forum, &forum.add_plan().await, mode, &failpoint);
+                let plan = forum.add_plan().await;
+                apply_killed(&forum, &plan, mode, &failpoint);
                 let id = active_migration(&forum);
+                if mode == Mode::Online && failpoint == "fenced@1" {
+                    // The first `fenced` step raised every move's fence.
+                    let live = forum.live().await;
+                    for m in &plan.moves {
+                        let source = live.shard_index(&m.source).unwrap();
+                        let server = forum.server_of(&live, source);
+                        assert!(
+                            forum.fenced_covers(server, m.from, m.to).await,
+                            "move {m:?} not fenced at {failpoint}"
+                        );
+                    }
+                }
                 if failpoint == "verified@1" {
                     // An abort killed midway is finished by resume.
                     let out =

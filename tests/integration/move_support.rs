@@ -295,6 +295,20 @@ impl Forum {
 }
 
 impl Forum {
+    /// Whether every token of `[from, to)` is fenced on server `server`.
+    pub async fn fenced_covers(&self, server: usize, from: i64, to: i128) -> bool {
+        let client = connect(&self.cluster.servers()[server].url()).await;
+        let to = i64::try_from(to).ok();
+        client
+            .query_one(
+                "SELECT fenced @> int8range($1, $2) FROM postshard.fence",
+                &[&from, &to],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Whatever a move may leave behind, on every server: capture triggers,
     /// postshard relations other than the fence (the changelog), capture
     /// functions, temporary tables, replication slots, publications and

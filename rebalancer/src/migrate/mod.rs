@@ -26,7 +26,9 @@
 //! capture is on), then per move `caught_up` (captured changes replayed
 //! until the backlog is small; the range less the keys still changing
 //! compared at one source snapshot, the cut; replayed again), then `fenced`
-//! for every move, then `verified` (the last backlog replayed under the
+//! (the first such step, for every move at once: the backlog replayed down
+//! to a handful, the cut made again, the fences raised), then `verified`
+//! (the first, for every move at once: the last backlog replayed under the
 //! fence, then only the keys changed since the cut compared, or the whole
 //! range when the cut was made by another process);
 //! the flip, acknowledgements and clean-up (which also drops capture) are
@@ -40,6 +42,7 @@
 pub mod failpoint;
 pub mod online;
 pub mod run;
+mod sessions;
 pub mod status;
 
 use std::time::Duration;

@@ -13,24 +13,36 @@
 //! fired the capture trigger (the changelog holds its key, committed with
 //! it, and the catch-up copies the key's rows again).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{join_all, try_join_all};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::failpoint::{self, When};
-use super::run::{backoff, first_difference, mismatch, MoveRange, Run};
+use super::run::{backoff, fence_error, first_difference, mismatch, MoveRange, Run};
 use super::{Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
 use crate::control::Phase;
+use crate::fence;
 use crate::range::{checksum_range_keys, copy_range_paced, CopyProgress, CopySpec, Endpoint, Keys};
 use crate::token_range::{union, TokenRange};
 
 /// How long a catch-up may run without its backlog shrinking before it
 /// reports a `stall` (it keeps going).
 const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// How far the replay right before the fence takes a move's backlog
+/// (changes): the replay under the fence then copies about this many keys,
+/// plus those written while the fence went up.
+const FENCE_BACKLOG: u64 = 8;
+
+/// Batches that replay may take before the fence goes up anyway (a write
+/// load the replay cannot get ahead of: the fenced replay takes the rest).
+const APPROACH_ROUNDS: u32 = 20;
 
 impl<'a> Run<'a> {
     /// The caller's event callback, for a stage whose concurrent work sends
@@ -91,16 +103,12 @@ impl<'a> Run<'a> {
     /// `copied` (online): the backfill of one move, its events passed to
     /// the caller's `on_event` as they come; records the rows copied.
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
-        let (events, mut received) = mpsc::unbounded_channel();
         let on_event = self.take_on_event();
         let this = &*self;
-        let work = async move { this.backfill_rows(m, &events).await };
-        let drain = async {
-            while let Some(e) = received.recv().await {
-                on_event(&e);
-            }
-        };
-        let (rows, ()) = tokio::join!(work, drain);
+        let rows = drain_while(on_event, |events| async move {
+            this.backfill_rows(m, &events).await
+        })
+        .await;
         self.on_event = on_event;
         let rows = rows?;
         self.copied.insert(m.index, rows.clone());
@@ -219,10 +227,9 @@ impl<'a> Run<'a> {
             }
         }
         let parallel = self.options.parallel.max(1);
-        let (events, mut received) = mpsc::unbounded_channel();
         let on_event = self.take_on_event();
         let this = &*self;
-        let work = async move {
+        let work = |events: mpsc::UnboundedSender<Event>| async move {
             let results: Vec<Result<(u32, Option<serde_json::Value>), MigrateError>> =
                 futures_util::stream::iter(units)
                     .map(|(index, steps)| {
@@ -237,12 +244,7 @@ impl<'a> Run<'a> {
                     .await;
             results
         };
-        let drain = async {
-            while let Some(e) = received.recv().await {
-                on_event(&e);
-            }
-        };
-        let (results, ()) = tokio::join!(work, drain);
+        let results = drain_while(on_event, work).await;
         self.on_event = on_event;
         let mut first_error = None;
         for result in results {
@@ -352,32 +354,32 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `caught_up` (and, with `fenced`, the last replay of `verified`):
-    /// replays captured changes of the move in batches; before the fence
-    /// until at most `catch_up_rows` wait, under it until none does (the
-    /// fence's wait for older writers means none can be added). Reports
-    /// `lag` after each batch and `stall` when the backlog stops shrinking.
-    pub(super) async fn catch_up(
-        &mut self,
+    /// The replay of `m`'s captured changes in batches until `until`,
+    /// sending `lag` after each batch and `stall` when the backlog stops
+    /// shrinking. `cut` is the move's cut (see [`Run::verify_at_cut`]):
+    /// every key replayed joins it, and the extended cut is returned; a
+    /// replay that fails drops it (the target may have committed keys the
+    /// cut would miss), so that move is then compared whole.
+    async fn replay(
+        &self,
         m: &MoveRange,
-        fenced: bool,
-    ) -> Result<(), MigrateError> {
+        until: Until,
+        mut cut: Option<BTreeSet<i64>>,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Option<BTreeSet<i64>>, MigrateError> {
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
-        let (tables, seed) = (self.new.tables().to_vec(), self.new.seed());
+        let (tables, seed) = (self.new.tables(), self.new.seed());
+        let limit = self.options.replay_batch.max(1);
         let mut best = u64::MAX;
         let mut since = Instant::now();
+        let mut rounds = 0u32;
         loop {
             // Under the fence the step finishes: stopping there would keep
             // writes to the range refused until someone resumes.
-            if !fenced {
+            if until != Until::Empty {
                 self.check_cancel()?;
             }
-            // Keys replayed after the cut join the keys the fenced
-            // verification compares; a replay that fails (maybe after its
-            // target committed) forgets the cut, so that move is compared
-            // whole.
-            let cut = self.cuts.remove(&m.index);
             let replayed = capture::replay_batch(
                 Endpoint {
                     shard: &m.source,
@@ -387,27 +389,36 @@ impl<'a> Run<'a> {
                     shard: &m.target,
                     client: &mut target,
                 },
-                &tables,
+                tables,
                 seed,
                 m.range,
-                self.options.replay_batch,
+                limit,
             )
             .await
             .map_err(Self::capture_error(m))?;
-            if let Some(mut keys) = cut {
+            if let Some(keys) = &mut cut {
                 keys.extend(replayed.copied.iter().copied());
-                self.cuts.insert(m.index, keys);
             }
-            let backlog = capture::backlog(&source, &m.source, seed, m.range)
-                .await
-                .map_err(Self::capture_error(m))?;
+            rounds += 1;
+            let backlog = match until {
+                // A batch short of the limit read every change left, and
+                // under the fence none can be added.
+                Until::Empty if replayed.changes < u64::from(limit) => 0,
+                _ => capture::backlog(&source, &m.source, seed, m.range)
+                    .await
+                    .map_err(Self::capture_error(m))?,
+            };
+            let fenced = until == Until::Empty;
             let detail =
                 json!({ "backlog": backlog, "replayed": replayed.changes, "fenced": fenced });
-            self.event(Some(m.index), "lag", detail);
-            if (fenced && backlog == 0 && replayed.changes == 0)
-                || (!fenced && backlog <= self.options.catch_up_rows)
-            {
-                return Ok(());
+            self.send(events, Some(m.index), "lag", detail);
+            let done = match until {
+                Until::Empty => backlog == 0,
+                Until::Backlog(most) => backlog <= most,
+                Until::Fence => backlog <= FENCE_BACKLOG || rounds >= APPROACH_ROUNDS,
+            };
+            if done {
+                return Ok(cut);
             }
             if backlog < best {
                 best = backlog;
@@ -419,29 +430,208 @@ impl<'a> Run<'a> {
                     "attempt": 0,
                     "retry_in_ms": 0,
                 });
-                self.event(Some(m.index), "stall", detail);
+                self.send(events, Some(m.index), "stall", detail);
                 since = Instant::now();
             }
         }
     }
+
+    /// `caught_up` (before the fence, writes continuing): replays `m`'s
+    /// captured changes until at most `catch_up_rows` wait.
+    pub(super) async fn catch_up(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let cut = self.cuts.remove(&m.index);
+        let until = Until::Backlog(self.options.catch_up_rows);
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let cut = drain_while(on_event, |events| async move {
+            this.replay(m, until, cut, &events).await
+        })
+        .await;
+        self.on_event = on_event;
+        if let Some(cut) = cut? {
+            self.cuts.insert(m.index, cut);
+        }
+        Ok(())
+    }
+
+    /// `fenced` (online) for `group` at once: every move's backlog brought
+    /// down to [`FENCE_BACKLOG`] and its cut made again ([`Run::cut`]: a
+    /// move without one, after a restart, is compared whole here, unfenced),
+    /// so that the fenced comparison covers only the keys changed after it
+    /// (concurrently, moves apart); then each source's ranges
+    /// of the group fenced in one update, sources concurrently, older
+    /// writers waited for. Raising is idempotent, so a resumed run raises
+    /// whatever part of the group an earlier process had raised again.
+    pub(super) async fn fence_moves(&mut self, group: &[MoveRange]) -> Result<(), MigrateError> {
+        let cuts: Vec<Option<BTreeSet<i64>>> =
+            group.iter().map(|m| self.cuts.remove(&m.index)).collect();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = |events: mpsc::UnboundedSender<Event>| async move {
+            let approaches = group.iter().zip(cuts).map(|(m, cut)| {
+                let events = &events;
+                async move {
+                    let cut = this.replay(m, Until::Fence, cut, events).await?;
+                    this.cut(m, cut).await.map(Some)
+                }
+            });
+            join_all(approaches).await
+        };
+        let approached = drain_while(on_event, work).await;
+        self.on_event = on_event;
+        self.keep_cuts(group, approached)?;
+        let mut by_source: BTreeMap<&str, Vec<TokenRange>> = BTreeMap::new();
+        for m in group {
+            by_source.entry(&m.source).or_default().push(m.range);
+        }
+        let raised = Instant::now();
+        let this = &*self;
+        try_join_all(by_source.into_iter().map(|(source, ranges)| async move {
+            let client = this.shard(source).await?;
+            fence::raise(&client, &union(ranges), this.options.fence_wait)
+                .await
+                .map_err(fence_error(source))
+        }))
+        .await?;
+        for m in group {
+            self.fenced_at.insert(m.index, raised);
+        }
+        Ok(())
+    }
+
+    /// `verified` (online) for `group` at once, each move concurrently:
+    /// the last replay under the fence (until the range's changelog is
+    /// empty), then the comparison of the keys its cut holds, or of the
+    /// whole range when this process made no cut for it.
+    pub(super) async fn verify_moves(&mut self, group: &[MoveRange]) -> Result<(), MigrateError> {
+        let cuts: Vec<Option<BTreeSet<i64>>> =
+            group.iter().map(|m| self.cuts.remove(&m.index)).collect();
+        let on_event = self.take_on_event();
+        let this = &*self;
+        let work = |events: mpsc::UnboundedSender<Event>| async move {
+            let each = group.iter().zip(cuts).map(|(m, cut)| {
+                let events = &events;
+                async move {
+                    let cut = this.replay(m, Until::Empty, cut, events).await?;
+                    match &cut {
+                        Some(keys) => {
+                            let keys: Vec<i64> = keys.iter().copied().collect();
+                            this.verify(m, Keys::Only(&keys)).await?;
+                        }
+                        None => this.verify(m, Keys::All).await?,
+                    }
+                    Ok(cut)
+                }
+            });
+            join_all(each).await
+        };
+        let verified = drain_while(on_event, work).await;
+        self.on_event = on_event;
+        self.keep_cuts(group, verified)?;
+        self.verified.extend(group.iter().map(|m| m.index));
+        Ok(())
+    }
+
+    /// Puts back the cuts of the moves of `group` whose work succeeded;
+    /// the first error, if any.
+    fn keep_cuts(
+        &mut self,
+        group: &[MoveRange],
+        results: Vec<Result<Option<BTreeSet<i64>>, MigrateError>>,
+    ) -> Result<(), MigrateError> {
+        let mut first_error = None;
+        for (m, result) in group.iter().zip(results) {
+            match result {
+                Ok(Some(cut)) => {
+                    self.cuts.insert(m.index, cut);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Sends one event of this migration to `events`.
+    fn send(
+        &self,
+        events: &mpsc::UnboundedSender<Event>,
+        move_index: Option<u32>,
+        event: &str,
+        detail: serde_json::Value,
+    ) {
+        let _ = events.send(Event {
+            migration: self.migration.id,
+            move_index,
+            event: event.into(),
+            detail,
+        });
+    }
+}
+
+/// Until when [`Run::replay`] replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// At most this many changes wait (`caught_up`: writes continue).
+    Backlog(u64),
+    /// At most [`FENCE_BACKLOG`] changes wait, or [`APPROACH_ROUNDS`]
+    /// batches were replayed (right before the fence).
+    Fence,
+    /// None waits (under the fence, where none can be added).
+    Empty,
+}
+
+/// Runs the work `start` returns when given the sending end of an event
+/// channel (the work owns it, so the channel closes when the work ends)
+/// while passing the events it sends to `on_event` as they come; the
+/// work's output.
+async fn drain_while<T, F, Fut>(on_event: &mut dyn FnMut(&Event), start: F) -> T
+where
+    F: FnOnce(mpsc::UnboundedSender<Event>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let (events, mut received) = mpsc::unbounded_channel();
+    let work = start(events);
+    let drain = async {
+        while let Some(e) = received.recv().await {
+            on_event(&e);
+        }
+    };
+    let (out, ()) = tokio::join!(work, drain);
+    out
 }
 
 impl Run<'_> {
-    /// The comparison at the cut (end of `caught_up`, before the fence),
-    /// with replay paused (this process is the only replayer): in one
-    /// repeatable-read snapshot S of the source, K = the range's keys with
-    /// captured changes not yet replayed; the range less K must checksum
-    /// the same on the source at S and on the target (which nobody else
-    /// writes: it refuses app writes to a range it does not own). On
-    /// success the move's entry in `cuts` is K, to which the catch-ups
-    /// that follow add every key they replay; the fenced verification then
-    /// compares only those keys (ARCHITECTURE.md, "Online mode", argues
-    /// why that suffices).
+    /// `caught_up`'s comparison at the cut (see [`Run::cut`]), the move's
+    /// cut replaced by the new one.
+    pub(super) async fn verify_at_cut(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
+        let previous = self.cuts.remove(&m.index);
+        let cut = self.cut(m, previous).await?;
+        self.cuts.insert(m.index, cut);
+        Ok(())
+    }
+
+    /// A comparison at a cut, before the fence, with replay of `m` paused
+    /// (this process is its only replayer): in one repeatable-read
+    /// snapshot S of the source, K = the range's keys with captured changes
+    /// not yet replayed. Without a `previous` cut the range less K must
+    /// checksum the same on the source at S and on the target (which
+    /// nobody else writes: it refuses app writes to a range it does not
+    /// own); with one (P: an earlier cut's K and every key replayed since)
+    /// only the keys of P less K are compared, the rest being equal since
+    /// that cut. Returns K, to which the replays that follow add every key
+    /// they replay; the fenced verification then compares only those keys
+    /// (ARCHITECTURE.md, "Online mode", argues why that suffices).
     ///
     /// Errors: [`MigrateError::Mismatch`] (`fenced` false) when the sides
     /// differ; [`MigrateError::Capture`], [`MigrateError::Checksum`].
-    pub(super) async fn verify_at_cut(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
-        self.cuts.remove(&m.index);
+    async fn cut(
+        &self,
+        m: &MoveRange,
+        previous: Option<BTreeSet<i64>>,
+    ) -> Result<BTreeSet<i64>, MigrateError> {
         let mut holder = self.shard(&m.source).await?;
         let mut source = self.shard(&m.source).await?;
         let mut target = self.shard(&m.target).await?;
@@ -452,7 +642,15 @@ impl Run<'_> {
         let pending = capture::pending_keys(&cut, &m.source, seed, m.range)
             .await
             .map_err(Self::capture_error(m))?;
-        let except = Keys::Except(&pending);
+        let changed: Vec<i64>;
+        let keys = match &previous {
+            None => Keys::Except(&pending),
+            Some(previous) => {
+                let pending: BTreeSet<i64> = pending.iter().copied().collect();
+                changed = previous.difference(&pending).copied().collect();
+                Keys::Only(&changed)
+            }
+        };
         let (at_cut, on_target) = tokio::join!(
             checksum_range_keys(
                 Endpoint {
@@ -463,7 +661,7 @@ impl Run<'_> {
                 seed,
                 m.range,
                 Some(&snapshot),
-                except,
+                keys,
             ),
             checksum_range_keys(
                 Endpoint {
@@ -474,7 +672,7 @@ impl Run<'_> {
                 seed,
                 m.range,
                 None,
-                except,
+                keys,
             ),
         );
         let checksum = |source| MigrateError::Checksum {
@@ -487,8 +685,7 @@ impl Run<'_> {
         if let Some(difference) = first_difference(&at_cut, &on_target) {
             return Err(mismatch(m, false, difference));
         }
-        self.cuts.insert(m.index, pending.into_iter().collect());
-        Ok(())
+        Ok(pending.into_iter().collect())
     }
 }
 

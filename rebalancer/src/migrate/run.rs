@@ -17,12 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
+
 use postshard_router::live_map::live_epoch;
 use postshard_router::{connect, ConnUrl, ShardMap};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use super::failpoint::{self, When};
+use super::sessions::{Session, Sessions};
 use super::{
     all_shards, owned_by, steps, stored_plan, Event, MigrateError, Mode, MoveOptions, StepId,
 };
@@ -84,7 +87,7 @@ pub(super) struct Run<'a> {
     pub(super) copied: BTreeMap<u32, Value>,
     /// When this process raised each move's fence (to report how long
     /// writes to it were refused).
-    fenced_at: BTreeMap<u32, Instant>,
+    pub(super) fenced_at: BTreeMap<u32, Instant>,
     /// Milliseconds from each move's fence to the flip.
     blocked_ms: BTreeMap<u32, u64>,
     /// Online: per move whose comparison at the cut passed in this
@@ -92,6 +95,10 @@ pub(super) struct Run<'a> {
     /// cut's pending keys and every key replayed since). Memory only: a
     /// move without an entry is compared whole (see [`super::online`]).
     pub(super) cuts: BTreeMap<u32, BTreeSet<i64>>,
+    /// Online: moves this process verified under the fence.
+    pub(super) verified: BTreeSet<u32>,
+    /// The shard connections this run opened, reused between steps.
+    sessions: Sessions,
 }
 
 async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
@@ -238,6 +245,8 @@ pub async fn apply(
         fenced_at: BTreeMap::new(),
         blocked_ms: BTreeMap::new(),
         cuts: BTreeMap::new(),
+        verified: BTreeSet::new(),
+        sessions: Sessions::default(),
     };
     let planned = json!({ "base_epoch": run.old.version(), "new_epoch": run.new.version() });
     run.journal(None, Phase::Planned, planned).await?;
@@ -291,6 +300,8 @@ async fn load_run<'a>(
         fenced_at: BTreeMap::new(),
         blocked_ms: BTreeMap::new(),
         cuts: BTreeMap::new(),
+        verified: BTreeSet::new(),
+        sessions: Sessions::default(),
     })
 }
 
@@ -619,8 +630,24 @@ impl Run<'_> {
             })
     }
 
-    /// A fresh connection to shard `name`.
-    pub(super) async fn shard(&self, name: &str) -> Result<Client, MigrateError> {
+    /// The moves from `index` on (all when `None`) that `pending` keeps.
+    fn moves_from(
+        &self,
+        index: Option<u32>,
+        pending: impl Fn(u32) -> bool,
+    ) -> Result<Vec<MoveRange>, MigrateError> {
+        let first = self.move_at(index)?.index;
+        Ok(self
+            .moves
+            .iter()
+            .filter(|m| m.index >= first && pending(m.index))
+            .cloned()
+            .collect())
+    }
+
+    /// A connection to shard `name` (one this run opened and is not using,
+    /// or a new one).
+    pub(super) async fn shard(&self, name: &str) -> Result<Session, MigrateError> {
         let url = self
             .shards
             .iter()
@@ -630,7 +657,8 @@ impl Run<'_> {
                 id: self.migration.id,
                 what: format!("shard {name} is in neither map"),
             })?;
-        connect(url, self.options.init.connect_timeout)
+        self.sessions
+            .get(name, url, self.options.init.connect_timeout)
             .await
             .map_err(|source| MigrateError::Connect {
                 what: format!("shard {name}"),
@@ -641,7 +669,7 @@ impl Run<'_> {
     async fn step(&mut self, step: StepId) -> Result<(), MigrateError> {
         match (self.mode, step.phase) {
             (_, Phase::Prepared) => self.prepare().await,
-            (_, Phase::Fenced) => {
+            (Mode::Blocking, Phase::Fenced) => {
                 let m = self.move_at(step.move_index)?;
                 let client = self.shard(&m.source).await?;
                 fence::raise(&client, &[m.range], self.options.fence_wait)
@@ -649,6 +677,18 @@ impl Run<'_> {
                     .map_err(fence_error(&m.source))?;
                 self.fenced_at.insert(m.index, Instant::now());
                 Ok(())
+            }
+            // The first `fenced` (`verified`) step does the work of every
+            // move from its own on (see [`super::online`]); the later ones
+            // find theirs done, unless this process started after it.
+            (Mode::Online, Phase::Fenced) => {
+                let group =
+                    self.moves_from(step.move_index, |i| !self.fenced_at.contains_key(&i))?;
+                self.fence_moves(&group).await
+            }
+            (Mode::Online, Phase::Verified) => {
+                let group = self.moves_from(step.move_index, |i| !self.verified.contains(&i))?;
+                self.verify_moves(&group).await
             }
             (Mode::Online, Phase::Capturing) => {
                 let m = self.move_at(step.move_index)?;
@@ -660,32 +700,23 @@ impl Run<'_> {
             }
             (Mode::Online, Phase::CaughtUp) => {
                 let m = self.move_at(step.move_index)?;
-                self.catch_up(&m, false).await?;
+                self.catch_up(&m).await?;
                 self.verify_at_cut(&m).await?;
-                self.catch_up(&m, false).await
+                self.catch_up(&m).await
             }
             (Mode::Blocking, Phase::Copied) => {
                 let m = self.move_at(step.move_index)?;
                 self.copy(&m).await
             }
-            (mode, Phase::Verified) => {
+            (Mode::Blocking, Phase::Verified) => {
                 let m = self.move_at(step.move_index)?;
-                if mode == Mode::Online {
-                    self.catch_up(&m, true).await?;
-                }
-                match self.cuts.get(&m.index) {
-                    Some(keys) => {
-                        let keys: Vec<i64> = keys.iter().copied().collect();
-                        self.verify(&m, Keys::Only(&keys)).await
-                    }
-                    None => self.verify(&m, Keys::All).await,
-                }
+                self.verify(&m, Keys::All).await
             }
             (_, Phase::Flipped) => {
-                self.flip().await?;
-                let now = Instant::now();
+                let flipped = self.flip().await?;
                 for (i, at) in &self.fenced_at {
-                    let ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
+                    let ms =
+                        u64::try_from(flipped.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
                     self.blocked_ms.insert(*i, ms);
                 }
                 Ok(())
@@ -783,52 +814,52 @@ impl Run<'_> {
     }
 
     /// The first table whose range (the rows `keys` selects) differs
-    /// between source and target.
+    /// between source and target (both sides summed at once).
     async fn differing_table(
         &self,
         m: &MoveRange,
         keys: Keys<'_>,
     ) -> Result<Option<Difference>, MigrateError> {
-        let mut sums = Vec::with_capacity(2);
-        for name in [&m.source, &m.target] {
-            let mut client = self.shard(name).await?;
-            let side = Endpoint {
-                shard: name,
-                client: &mut client,
-            };
-            let (tables, seed) = (self.new.tables(), self.new.seed());
-            sums.push(
+        let side = |name: &str| {
+            let name = name.to_string();
+            async move {
+                let mut client = self.shard(&name).await?;
+                let side = Endpoint {
+                    shard: &name,
+                    client: &mut client,
+                };
+                let (tables, seed) = (self.new.tables(), self.new.seed());
                 checksum_range_keys(side, tables, seed, m.range, None, keys)
                     .await
                     .map_err(|source| MigrateError::Checksum {
                         index: m.index,
                         source,
-                    })?,
-            );
-        }
-        Ok(match (sums.first(), sums.get(1)) {
-            (Some(s), Some(t)) => first_difference(s, t),
-            _ => None,
-        })
+                    })
+            }
+        };
+        let (source, target) = tokio::try_join!(side(&m.source), side(&m.target))?;
+        Ok(first_difference(&source, &target))
     }
 
     /// Targets own their new ranges, the control store flips (unless this
     /// flip already committed), then every shard involved owns exactly its
-    /// ranges of the new map.
-    async fn flip(&mut self) -> Result<(), MigrateError> {
+    /// ranges of the new map. Shards are updated concurrently; a grant
+    /// returns at once, a shrink waits for older writers
+    /// ([`fence::set_owned`]). Returns when the control store's flip
+    /// committed (or was found committed): from then on routers send
+    /// writes to the targets.
+    async fn flip(&mut self) -> Result<Instant, MigrateError> {
         let base = self.old.version();
         let new_epoch = self.new.version();
-        for target in self.targets() {
+        let grants = self.targets().into_iter().map(|target| {
             let owned = union(
                 owned_by(&self.old, &target)
                     .into_iter()
                     .chain(owned_by(&self.new, &target)),
             );
-            let client = self.shard(&target).await?;
-            fence::set_owned(&client, base, &owned, self.options.fence_wait)
-                .await
-                .map_err(fence_error(&target))?;
-        }
+            self.set_owned(target, base, owned)
+        });
+        try_join_all(grants).await?;
         match live_epoch(&self.control)
             .await
             .map_err(ControlError::from)?
@@ -846,14 +877,26 @@ impl Run<'_> {
                 })
             }
         }
-        for name in self.involved() {
+        let flipped = Instant::now();
+        let settled = self.involved().into_iter().map(|name| {
             let owned = owned_by(&self.new, &name);
-            let client = self.shard(&name).await?;
-            fence::set_owned(&client, new_epoch, &owned, self.options.fence_wait)
-                .await
-                .map_err(fence_error(&name))?;
-        }
-        Ok(())
+            self.set_owned(name, new_epoch, owned)
+        });
+        try_join_all(settled).await?;
+        Ok(flipped)
+    }
+
+    /// [`fence::set_owned`] on shard `name`.
+    async fn set_owned(
+        &self,
+        name: String,
+        epoch: u64,
+        owned: Vec<TokenRange>,
+    ) -> Result<(), MigrateError> {
+        let client = self.shard(&name).await?;
+        fence::set_owned(&client, epoch, &owned, self.options.fence_wait)
+            .await
+            .map_err(fence_error(&name))
     }
 
     /// Deletes move `m`'s range from `shard` in batches (replica role: the
