@@ -7,6 +7,7 @@
 //! not fire) it deletes the range's rows already on the target, then copies
 //! each table. Either every table's range lands or none does.
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use postshard_router::map::Table;
 use tokio_postgres::Client;
@@ -17,6 +18,13 @@ use super::{begin_snapshot, describe, Endpoint, TokenRange, REPLICA_ROLE};
 
 /// Rows between two progress reports.
 pub const PROGRESS_EVERY: u64 = 10_000;
+
+/// Bytes of rows sent to the target as one COPY message.
+const SEND_AT: usize = 64 * 1024;
+
+/// Rows taken from the source's stream at most per wake-up (those already
+/// received).
+const READY_ROWS: usize = 1024;
 
 /// How far the copy of one table has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +300,6 @@ async fn stream_table(
     let on_target = |e| query_error("target", target_shard, &table.name, e);
     let rows_out = source.copy_out(&out_sql).await.map_err(on_source)?;
     let sink = target.copy_in(&in_sql).await.map_err(on_target)?;
-    futures_util::pin_mut!(rows_out);
     futures_util::pin_mut!(sink);
     let mut bytes = 0u64;
     let started = tokio::time::Instant::now();
@@ -307,27 +314,42 @@ async fn stream_table(
             });
         }
     };
-    while let Some(chunk) = rows_out.next().await {
-        let chunk = chunk.map_err(on_source)?;
-        bytes += chunk.len() as u64;
-        tuples.feed(&chunk);
+    // The source sends one message per row. Rows already received are
+    // gathered into `batch` and sent on as one message of about SEND_AT
+    // bytes, so the target's connection is woken per batch, not per 4 KiB
+    // (the sink's own buffer). Dropping the sink on an error aborts the
+    // target's COPY.
+    let mut batch = BytesMut::with_capacity(2 * SEND_AT);
+    let rows_out = rows_out.ready_chunks(READY_ROWS);
+    futures_util::pin_mut!(rows_out);
+    while let Some(ready) = rows_out.next().await {
+        for row in ready {
+            let row = row.map_err(on_source)?;
+            bytes += row.len() as u64;
+            tuples.feed(&row);
+            batch.extend_from_slice(&row);
+        }
         if tuples.tuples() >= next_report {
             report(tuples.tuples(), bytes);
             next_report = tuples.tuples() + PROGRESS_EVERY;
         }
-        // `feed` buffers without flushing; the sink sends 4 KiB messages.
-        // Dropping the sink on an error aborts the target's COPY.
-        sink.feed(chunk).await.map_err(on_target)?;
+        if batch.len() >= SEND_AT {
+            sink.feed(batch.split().freeze()).await.map_err(on_target)?;
+        }
         if let Some(rate) = pace {
             let due = std::time::Duration::from_secs_f64(tuples.tuples() as f64 / rate as f64);
             if let Some(ahead) = due.checked_sub(started.elapsed()) {
                 if ahead >= std::time::Duration::from_millis(10) {
-                    // Flush what is buffered so the target is not left waiting.
+                    // Send what is gathered so the target is not left waiting.
+                    sink.feed(batch.split().freeze()).await.map_err(on_target)?;
                     sink.flush().await.map_err(on_target)?;
                     tokio::time::sleep(ahead).await;
                 }
             }
         }
+    }
+    if !batch.is_empty() {
+        sink.feed(batch.freeze()).await.map_err(on_target)?;
     }
     let rows = sink.as_mut().finish().await.map_err(on_target)?;
     if rows != tuples.tuples() || !tuples.is_done() {
