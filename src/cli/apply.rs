@@ -111,7 +111,9 @@ pub fn control_map(path: &Path) -> Result<ShardMap, Failure> {
 
 /// Exit 2 for refusals of bad input, 1 for the rest.
 pub fn failure(e: MigrateError) -> Failure {
-    if e.is_invalid_input() {
+    if let MigrateError::Cancelled { .. } = e {
+        Failure::Interrupted(e.into())
+    } else if e.is_invalid_input() {
         Failure::Invalid(e.into())
     } else {
         Failure::Runtime(e.into())

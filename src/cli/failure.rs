@@ -14,6 +14,9 @@ pub enum Failure {
     /// Stdout's reader went away (`| head`): the command stops quietly
     /// with exit code 0, as Unix tools do.
     ClosedStdout,
+    /// Ctrl-C stopped the command at a point it can resume from. Exit code
+    /// 130 (128 + SIGINT), as shells report an interrupted command.
+    Interrupted(anyhow::Error),
 }
 
 impl Failure {
@@ -28,12 +31,13 @@ impl Failure {
             Failure::Invalid(_) => 2,
             Failure::Runtime(_) => 1,
             Failure::ClosedStdout => 0,
+            Failure::Interrupted(_) => 130,
         }
     }
 
     /// The message for stderr, with its causes; `None` for a closed stdout.
     pub fn message(&self) -> Option<String> {
-        let (Failure::Invalid(e) | Failure::Runtime(e)) = self else {
+        let (Failure::Invalid(e) | Failure::Runtime(e) | Failure::Interrupted(e)) = self else {
             return None;
         };
         Some(match e.downcast_ref::<MapError>() {

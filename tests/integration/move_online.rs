@@ -417,7 +417,7 @@ fn ctrl_c_stops_apply_at_a_resumable_point_and_resume_finishes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         held.batch_execute("COMMIT").await.unwrap();
         let out = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(130), "{}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("stopped at a resumable point") && stderr.contains("postshard resume"),
