@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanCount, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle,
+};
 use postshard_rebalancer::migrate::Event;
 use serde_json::Value;
 
@@ -79,6 +81,12 @@ pub struct Reading {
     pub phase: Option<String>,
     /// Catch-up lag: (unit, amount); the unit is empty for a bare `lag`.
     pub lag: Option<(String, f64)>,
+    /// Rows per second, as recorded (`rows_per_sec`).
+    pub rate: Option<f64>,
+    /// Seconds left, as recorded (`eta_s`).
+    pub eta_s: Option<f64>,
+    /// Milliseconds since the record was made (`age_ms`).
+    pub age_ms: Option<u64>,
 }
 
 impl Reading {
@@ -102,6 +110,9 @@ impl Reading {
             table: o.get("table").and_then(Value::as_str).map(str::to_string),
             phase: o.get("phase").and_then(Value::as_str).map(str::to_string),
             lag,
+            rate: o.get("rows_per_sec").and_then(Value::as_f64),
+            eta_s: o.get("eta_s").and_then(Value::as_f64),
+            age_ms: o.get("age_ms").and_then(Value::as_u64),
         }
     }
 
@@ -213,6 +224,9 @@ struct MoveState {
     lag: Option<(String, f64)>,
     phase: String,
     first_rows: Option<(Instant, u64)>,
+    /// Rate and time left as another process recorded them (`status`).
+    recorded_rate: Option<f64>,
+    eta_s: Option<f64>,
     last_plain: Option<Instant>,
     bar: Option<ProgressBar>,
 }
@@ -236,6 +250,10 @@ impl MoveState {
         if reading.lag.is_some() {
             self.lag.clone_from(&reading.lag);
         }
+        if reading.rate.is_some() {
+            self.recorded_rate = reading.rate;
+            self.eta_s = reading.eta_s;
+        }
     }
 
     /// `1,234 of ~5,000 rows (24%), 850 rows/s, lag 12 rows` for plain lines.
@@ -249,12 +267,19 @@ impl MoveState {
             }
             _ => out.push_str("rows"),
         }
-        if let Some((t0, r0)) = self.first_rows {
+        let seen = self.first_rows.and_then(|(t0, r0)| {
             let secs = t0.elapsed().as_secs_f64();
-            if secs > 0.0 && rows > r0 {
-                let rate = (rows - r0) as f64 / secs;
-                let _ = write!(out, ", {} rows/s", HumanCount(rate as u64));
-            }
+            (secs > 0.0 && rows > r0).then(|| (rows - r0) as f64 / secs)
+        });
+        if let Some(rate) = self.recorded_rate.or(seen) {
+            let _ = write!(out, ", {} rows/s", HumanCount(rate as u64));
+        }
+        if let Some(eta) = self.eta_s {
+            let _ = write!(
+                out,
+                ", ETA {}",
+                HumanDuration(Duration::from_secs_f64(eta.max(0.0)))
+            );
         }
         if let Some(lag) = &self.lag {
             let _ = write!(out, ", {}", lag_text(lag));
@@ -280,7 +305,11 @@ impl MoveState {
 pub fn reading_summary(reading: &Reading) -> String {
     let mut state = MoveState::default();
     state.update(reading);
-    state.summary()
+    let mut out = state.summary();
+    if let Some(age) = reading.age_ms {
+        let _ = write!(out, " ({:.1} s ago)", age as f64 / 1000.0);
+    }
+    out
 }
 
 fn spinner_style() -> ProgressStyle {

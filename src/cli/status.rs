@@ -244,7 +244,11 @@ mod tests {
                  "target": "s2", "phase": "backfill", "copied": null,
                  "progress": {"rows": 250, "estimate": 1000, "lag_rows": 12}},
                 {"index": 2, "from": 1, "to": "2", "source": "s1", "target": "s2",
-                 "phase": null, "copied": null}
+                 "phase": null, "copied": null},
+                {"index": 3, "from": 2, "to": "3", "source": "s0", "target": "s2",
+                 "phase": "copied", "copied": null,
+                 "progress": {"rows": 300, "estimate": 1100, "rows_per_sec": 100.0,
+                              "eta_s": 8.0, "backlog": 7, "age_ms": 1200}}
             ]
         });
         let mut out = String::new();
@@ -257,6 +261,7 @@ mod tests {
                 "    move 0 [-5, 0) s0 -> s2: verified, 4,000 rows copied (comments 3,000, posts 1,000)",
                 "    move 1 [0, 9223372036854775808) s1 -> s2: backfill, progress: 250 of ~1,000 rows (25%), lag 12 rows",
                 "    move 2 [1, 2) s1 -> s2: -",
+                "    move 3 [2, 3) s0 -> s2: copied, progress: 300 of ~1,100 rows (27%), 100 rows/s, ETA 8 seconds, lag 7 changes (1.2 s ago)",
             ]
         );
     }

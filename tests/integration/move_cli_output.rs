@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postshard_rebalancer::migrate::{steps, Mode};
+use postshard_router::hashint8extended;
 use serde_json::Value;
 
 use crate::common::runtime;
@@ -309,4 +310,112 @@ fn json_quiet_text_and_status_show_a_migration() {
         assert!(r["time"].is_string() && r["epoch"].is_u64(), "{r}");
         assert_eq!(r["migrations"].as_array().unwrap().len(), 5, "{r}");
     }
+}
+
+/// `status` in another terminal shows a running backfill's progress as
+/// `apply` records it: rows of the estimate growing, rows/s and ETA; and
+/// nothing once the migration ended.
+#[test]
+fn status_from_another_terminal_shows_a_running_backfills_progress() {
+    let forum = Forum::start(600);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut plan = forum.add_plan().await;
+        // Each move's rows, as `plan` estimates them from live counts.
+        let (rows, seed) = (forum.rows().await, forum.live().await.seed());
+        let keys = rows.posts.iter().map(|(_, p)| p.id);
+        let keys: Vec<i64> = keys
+            .chain(rows.comments.iter().map(|(_, c)| c.post_id))
+            .collect();
+        for m in &mut plan.moves {
+            let inside = |k: &&i64| {
+                let token = i128::from(hashint8extended(**k, seed));
+                i128::from(m.from) <= token && token < m.to
+            };
+            m.rows = Some(keys.iter().filter(inside).count() as u64);
+        }
+        let file = plan_file(&plan);
+        // Throttled so the backfill lasts several seconds.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postshard"))
+            .args([
+                "apply",
+                file.path().to_str().unwrap(),
+                "--max-rows-per-sec",
+                "150",
+                "--quiet",
+                "--map",
+                forum.map_path(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut seen: Vec<Value> = Vec::new();
+        let mut line = None;
+        while seen.len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no progress in status: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let out = forum.postshard(&["status", "--json"], &[]);
+            assert!(out.status.success(), "{}", text(&out));
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let Some(m) = status["migrations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["state"] == "active")
+            else {
+                continue;
+            };
+            let copying =
+                m["moves"].as_array().unwrap().iter().find(|mv| {
+                    mv["phase"] == "copied" && mv["progress"]["rows_per_sec"].is_number()
+                });
+            if let Some(mv) = copying {
+                let p = &mv["progress"];
+                if seen.last().is_none_or(|last| last["rows"] != p["rows"]) {
+                    seen.push(p.clone());
+                }
+                if line.is_none() {
+                    let out = forum.postshard(&["status"], &[]);
+                    line = String::from_utf8(out.stdout)
+                        .unwrap()
+                        .lines()
+                        .find(|l| l.contains(": copied, progress: "))
+                        .map(str::to_string);
+                }
+            }
+        }
+        let (first, last) = (&seen[0], &seen[1]);
+        assert!(last["rows"].as_u64() > first["rows"].as_u64(), "{seen:?}");
+        for p in &seen {
+            let (rows, estimate) = (p["rows"].as_u64().unwrap(), p["estimate"].as_u64().unwrap());
+            assert!(0 < estimate && rows <= estimate, "{p}");
+            let rate = p["rows_per_sec"].as_f64().unwrap();
+            // Paced to 150 rows/s (the rate is measured, so give it room).
+            assert!(rate > 0.0 && rate < 400.0, "{p}");
+            assert!(p["eta_s"].as_f64().unwrap() >= 0.0, "{p}");
+            assert!(p["age_ms"].as_i64().unwrap() >= 0, "{p}");
+        }
+        let line = line.expect("a text status line with the progress");
+        assert!(
+            line.contains(" rows (") && line.contains(" rows/s, ETA "),
+            "{line}"
+        );
+
+        let out = tokio::task::block_in_place(|| child.wait()).unwrap();
+        assert!(out.success());
+        let out = forum.postshard(&["status", "--json"], &[]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for m in status["migrations"].as_array().unwrap() {
+            assert_eq!(m["state"], "done", "{m}");
+            for mv in m["moves"].as_array().unwrap() {
+                assert!(mv["progress"].is_null(), "{mv}");
+            }
+        }
+        child.stderr.take();
+    });
 }

@@ -266,6 +266,61 @@ impl Migration {
             .ok_or(ControlError::NoMigration { id: self.id })
     }
 
+    /// Records move `move_index`'s latest progress (`detail`: JSON text),
+    /// replacing the one before: what `status` shows of a running move
+    /// between journal steps.
+    ///
+    /// Errors: [`ControlError::Query`] (no `progress` table: a control
+    /// store `init` has not updated yet).
+    pub async fn record_progress(
+        &self,
+        client: &Client,
+        move_index: u32,
+        detail: &str,
+    ) -> Result<(), ControlError> {
+        let move_index = i32::try_from(move_index).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {CONTROL_SCHEMA}.progress (migration_id, move_index, detail) \
+                     VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (migration_id, move_index) \
+                     DO UPDATE SET detail = EXCLUDED.detail, at = now()"
+                ),
+                &[&self.id, &move_index, &detail],
+            )
+            .await
+            .map_err(query_error("recording progress"))?;
+        Ok(())
+    }
+
+    /// Each move's latest recorded progress: (move, detail as JSON text,
+    /// milliseconds since it was recorded); none from a control store
+    /// without a `progress` table.
+    pub async fn progress(&self, client: &Client) -> Result<Vec<(u32, String, i64)>, ControlError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT move_index, detail::text, \
+                     (extract(epoch FROM clock_timestamp() - at) * 1000)::int8 \
+                     FROM {CONTROL_SCHEMA}.progress WHERE migration_id = $1 ORDER BY move_index"
+                ),
+                &[&self.id],
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+            Err(e) => return Err(query_error("reading progress")(e)),
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let index = u32::try_from(r.get::<_, i32>(0)).ok()?;
+                Some((index, r.get(1), r.get(2)))
+            })
+            .collect())
+    }
+
     /// Every step, in order.
     pub async fn steps(&self, client: &Client) -> Result<Vec<Step>, ControlError> {
         let rows = client

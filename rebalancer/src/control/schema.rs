@@ -58,6 +58,13 @@ pub async fn install(client: &Client) -> Result<(), ControlError> {
                 at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (migration_id, seq)
             );
+            CREATE TABLE IF NOT EXISTS {s}.progress (
+                migration_id bigint NOT NULL REFERENCES {s}.migrations (id),
+                move_index integer NOT NULL CHECK (move_index >= 0),
+                detail jsonb NOT NULL,
+                at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (migration_id, move_index)
+            );
             "
         ))
         .await

@@ -41,6 +41,7 @@
 
 pub mod failpoint;
 pub mod online;
+mod progress_log;
 pub mod run;
 mod sessions;
 pub mod status;

@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::failpoint::{self, When};
+use super::progress_log::ProgressLog;
 use super::run::{backoff, fence_error, first_difference, mismatch, MoveRange, Run};
 use super::{Event, MigrateError, StepId};
 use crate::capture::{self, CaptureError};
@@ -105,7 +106,7 @@ impl<'a> Run<'a> {
     pub(super) async fn backfill(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
         let on_event = self.take_on_event();
         let this = &*self;
-        let rows = drain_while(on_event, |events| async move {
+        let rows = drain_while(on_event, &this.progress_log, |events| async move {
             this.backfill_rows(m, &events).await
         })
         .await;
@@ -244,7 +245,7 @@ impl<'a> Run<'a> {
                     .await;
             results
         };
-        let results = drain_while(on_event, work).await;
+        let results = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;
         let mut first_error = None;
         for result in results {
@@ -443,7 +444,7 @@ impl<'a> Run<'a> {
         let until = Until::Backlog(self.options.catch_up_rows);
         let on_event = self.take_on_event();
         let this = &*self;
-        let cut = drain_while(on_event, |events| async move {
+        let cut = drain_while(on_event, &this.progress_log, |events| async move {
             this.replay(m, until, cut, &events).await
         })
         .await;
@@ -477,7 +478,7 @@ impl<'a> Run<'a> {
             });
             join_all(approaches).await
         };
-        let approached = drain_while(on_event, work).await;
+        let approached = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;
         self.keep_cuts(group, approached)?;
         let mut by_source: BTreeMap<&str, Vec<TokenRange>> = BTreeMap::new();
@@ -525,7 +526,7 @@ impl<'a> Run<'a> {
             });
             join_all(each).await
         };
-        let verified = drain_while(on_event, work).await;
+        let verified = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;
         self.keep_cuts(group, verified)?;
         self.verified.extend(group.iter().map(|m| m.index));
@@ -585,9 +586,9 @@ enum Until {
 
 /// Runs the work `start` returns when given the sending end of an event
 /// channel (the work owns it, so the channel closes when the work ends)
-/// while passing the events it sends to `on_event` as they come; the
+/// while passing the events it sends to `log` and `on_event` as they come; the
 /// work's output.
-async fn drain_while<T, F, Fut>(on_event: &mut dyn FnMut(&Event), start: F) -> T
+async fn drain_while<T, F, Fut>(on_event: &mut dyn FnMut(&Event), log: &ProgressLog, start: F) -> T
 where
     F: FnOnce(mpsc::UnboundedSender<Event>) -> Fut,
     Fut: std::future::Future<Output = T>,
@@ -596,6 +597,7 @@ where
     let work = start(events);
     let drain = async {
         while let Some(e) = received.recv().await {
+            log.note(&e);
             on_event(&e);
         }
     };

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use super::failpoint::{self, When};
+use super::progress_log::ProgressLog;
 use super::sessions::{Session, Sessions};
 use super::{
     all_shards, owned_by, steps, stored_plan, Event, MigrateError, Mode, MoveOptions, StepId,
@@ -99,6 +100,8 @@ pub(super) struct Run<'a> {
     pub(super) verified: BTreeSet<u32>,
     /// The shard connections this run opened, reused between steps.
     sessions: Sessions,
+    /// Each move's latest progress, recorded for `status`.
+    pub(super) progress_log: ProgressLog,
 }
 
 async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
@@ -230,9 +233,12 @@ pub async fn apply(
             other => other.into(),
         })?;
     lock(&control, migration.id).await?;
+    let control_url = map.control().cloned().ok_or(MigrateError::NoControl)?;
+    let progress_log =
+        ProgressLog::start(&control_url, options.init.connect_timeout, &migration).await;
     let mut run = Run {
         control,
-        control_url: map.control().cloned().ok_or(MigrateError::NoControl)?,
+        control_url,
         migration,
         mode,
         old,
@@ -247,6 +253,7 @@ pub async fn apply(
         cuts: BTreeMap::new(),
         verified: BTreeSet::new(),
         sessions: Sessions::default(),
+        progress_log,
     };
     let planned = json!({ "base_epoch": run.old.version(), "new_epoch": run.new.version() });
     run.journal(None, Phase::Planned, planned).await?;
@@ -285,6 +292,8 @@ async fn load_run<'a>(
     let moves = move_ranges(&plan)?;
     let shards = all_shards(&old, &new);
     lock(&control, id).await?;
+    let progress_log =
+        ProgressLog::start(control_url, options.init.connect_timeout, &migration).await;
     Ok(Run {
         control,
         control_url: control_url.clone(),
@@ -302,6 +311,7 @@ async fn load_run<'a>(
         cuts: BTreeMap::new(),
         verified: BTreeSet::new(),
         sessions: Sessions::default(),
+        progress_log,
     })
 }
 
@@ -456,12 +466,14 @@ impl Run<'_> {
     }
 
     pub(super) fn event(&mut self, move_index: Option<u32>, event: &str, detail: Value) {
-        (self.on_event)(&Event {
+        let e = Event {
             migration: self.migration.id,
             move_index,
             event: event.to_string(),
             detail,
-        });
+        };
+        self.progress_log.note(&e);
+        (self.on_event)(&e);
     }
 
     /// Journals a step before it is done, reports it, and fires its failpoint.

@@ -79,6 +79,11 @@ pub struct MoveStatus {
     pub phase: Option<String>,
     /// Rows copied per table, once the copy finished.
     pub copied: Value,
+    /// While the migration is active, the latest progress its process
+    /// recorded (`rows`, `estimate`, `rows_per_sec`, `eta_s`, `backlog`,
+    /// each when known, and `age_ms` since it was recorded); null before
+    /// the first record and once the migration ended.
+    pub progress: Value,
 }
 
 /// Reads the status from `map`'s control store.
@@ -136,6 +141,10 @@ async fn migration_status(
 ) -> Result<MigrationStatus, MigrateError> {
     let steps = m.steps(client).await?;
     let plan = stored_plan(m.id, &m.plan)?;
+    let recorded = match m.state {
+        MigrationState::Active => m.progress(client).await?,
+        MigrationState::Done | MigrationState::Aborted => Vec::new(),
+    };
     let phase = steps
         .iter()
         .rev()
@@ -154,8 +163,20 @@ async fn migration_status(
                 .filter_map(|d| d.get("copied").cloned())
                 .rfind(|c| !c.is_null())
                 .unwrap_or(Value::Null);
+            let progress = recorded
+                .iter()
+                .find(|(i, _, _)| *i == index)
+                .and_then(|(_, detail, age)| {
+                    let mut detail = serde_json::from_str::<Value>(detail).ok()?;
+                    detail
+                        .as_object_mut()?
+                        .insert("age_ms".into(), Value::from(*age));
+                    Some(detail)
+                })
+                .unwrap_or(Value::Null);
             MoveStatus {
                 index,
+                progress,
                 from: pm.from,
                 to: pm.to.to_string(),
                 source: pm.source.clone(),
