@@ -10,8 +10,9 @@
 //!   (run before the move, source → target, and after it, target → source,
 //!   both under the same write load);
 //! - write latency p50, p99 and max for keys inside and outside the moving
-//!   range, before, during and after the move, and errors surfaced to the
-//!   app (the longest write inside during the move is the stall);
+//!   range, before, during and after the move, and while the baseline
+//!   copies (what a plain COPY alone costs the writers), and errors surfaced
+//!   to the app (the longest write inside during the move is the stall);
 //! - with a mode that captures changes (not `blocking`), the source's cost
 //!   per write while capture is on: a server-side loop of single-row
 //!   INSERTs into the moving range, rolled back, during the backfill against
@@ -21,7 +22,8 @@
 //! Not a criterion bench (one move is one sample) and not run in CI:
 //! `cargo bench --bench move`. Environment:
 //! `POSTSHARD_BENCH_ROWS` rows on the source (default 1,000,000: a fifth
-//! posts, four comments each), `POSTSHARD_BENCH_MODE` (default `blocking`),
+//! posts, four comments each), `POSTSHARD_BENCH_MODE` (default `online`, as
+//! `apply`),
 //! `POSTSHARD_BENCH_WRITERS` (default 4) writing `POSTSHARD_BENCH_RATE`
 //! operations per second each (default 100), `POSTSHARD_BENCH_WINDOW` seconds
 //! measured before and after the move (default 5), `POSTSHARD_BENCH_CAPTURE=0`
@@ -535,7 +537,7 @@ fn main() {
         return;
     }
     let rows: i64 = env_num("POSTSHARD_BENCH_ROWS", 1_000_000);
-    let mode = std::env::var("POSTSHARD_BENCH_MODE").unwrap_or_else(|_| "blocking".into());
+    let mode = std::env::var("POSTSHARD_BENCH_MODE").unwrap_or_else(|_| "online".into());
     let writers: i64 = env_num("POSTSHARD_BENCH_WRITERS", 4);
     let rate: u64 = env_num("POSTSHARD_BENCH_RATE", 100);
     let window = Duration::from_secs(env_num("POSTSHARD_BENCH_WINDOW", 5));
@@ -654,12 +656,14 @@ fn main() {
         // The physical baseline, under the same write load.
         let source_db = source.url();
         let target_db = target.url_for("baseline");
+        let copying_start = origin.elapsed();
         let baseline_1 = {
             let (from, to, moves) = (source_db.clone(), target_db.clone(), moves.clone());
             tokio::task::spawn_blocking(move || physical_copy(&from, &to, &moves))
                 .await
                 .expect("baseline")
         };
+        let copying = (copying_start, origin.elapsed());
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // The move, events timed; capture cost measured at the first
@@ -788,8 +792,12 @@ fn main() {
 
         println!();
         println!("write latency (ms)         writes  errors      p50      p99      max");
+        println!("  (copying: during the psql | psql baseline, before the move)");
+        // `copying`: while the psql | psql baseline copied the same rows,
+        // what a plain COPY alone costs the writers on this machine.
         let windows = [
             ("before", before),
+            ("copying", copying),
             ("during", (during_start, during_end)),
             ("after", after),
         ];
@@ -808,7 +816,7 @@ fn main() {
                     stall = max;
                 }
                 println!(
-                    "  {name:<7} {:<8}   {:>11} {errors:>7} {:>8.2} {:>8.2} {:>8.1}",
+                    "  {name:<7} {:<8}  {:>11} {errors:>7} {:>8.2} {:>8.2} {:>8.1}",
                     if inside { "inside" } else { "outside" },
                     lat.len(),
                     ms(percentile(&lat, 0.5)),
