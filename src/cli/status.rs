@@ -122,21 +122,23 @@ fn text(status: &Status) -> String {
     out
 }
 
-/// `  migration 3 (active, blocking, from epoch 1): flipped` and its moves.
+/// `  migration 3 (active, blocking, from epoch 1): flipped` and its moves;
+/// a migration that ended shows no step (its last migration-wide step,
+/// `routers_acked` or `aborted`, would read as where it stopped).
 fn migration_text(out: &mut String, m: &Value) {
     let field = |k: &str| m.get(k).map(plain).unwrap_or_else(|| "-".into());
     let _ = write!(
         out,
-        "  migration {} ({}, {}, from epoch {}): {}",
+        "  migration {} ({}, {}, from epoch {})",
         field("id"),
         field("state"),
         field("mode"),
         field("base_epoch"),
-        m.get("phase")
-            .filter(|p| !p.is_null())
-            .map(plain)
-            .unwrap_or_else(|| "-".into())
     );
+    if m.get("state").and_then(Value::as_str) == Some("active") {
+        let phase = m.get("phase").filter(|p| !p.is_null());
+        let _ = write!(out, ": {}", phase.map(plain).unwrap_or_else(|| "-".into()));
+    }
     const SHOWN: [&str; 6] = ["id", "state", "mode", "base_epoch", "phase", "moves"];
     extras(out, m, &SHOWN);
     out.push('\n');
@@ -264,5 +266,21 @@ mod tests {
                 "    move 3 [2, 3) s0 -> s2: copied, progress: 300 of ~1,100 rows (27%), 100 rows/s, ETA 8 seconds, lag 7 changes (1.2 s ago)",
             ]
         );
+    }
+
+    #[test]
+    fn a_migration_that_ended_shows_its_state_not_its_last_step() {
+        for (state, phase) in [("done", "routers_acked"), ("aborted", "aborted")] {
+            let m = json!({
+                "id": 5, "state": state, "mode": "online", "base_epoch": 3,
+                "phase": phase, "moves": []
+            });
+            let mut out = String::new();
+            migration_text(&mut out, &m);
+            assert_eq!(
+                out,
+                format!("  migration 5 ({state}, online, from epoch 3)\n")
+            );
+        }
     }
 }

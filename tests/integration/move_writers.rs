@@ -431,7 +431,7 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
         assert!(out.status.success(), "{}", text(&out));
         assert!(shown.contains("live epoch 2"), "{shown}");
         assert!(shown.contains("shard s2"), "{shown}");
-        assert!(shown.contains("migration 1 (done, blocking, from epoch 1): routers_acked"), "{shown}");
+        assert!(shown.contains("migration 1 (done, blocking, from epoch 1)\n"), "{shown}");
         assert!(shown.contains("-> s2: cleaned, "), "{shown}");
         assert!(shown.contains(" rows copied (comments "), "{shown}");
         let out = forum.postshard(&["status", "--json"], &[]);
