@@ -351,22 +351,36 @@ pub async fn lower(client: &Client, ranges: &[TokenRange]) -> Result<(), FenceEr
 }
 
 /// Sets the ranges the shard owns at `epoch` (after a flip: the source loses
-/// ranges, the target gains them, before the flip), then, when ownership
-/// shrank, waits for older transactions as [`raise`] does (a write checked
-/// against the larger set may still be running; one checked against a
-/// smaller set stays allowed, so a grant needs no wait).
+/// ranges, the target gains them, before the flip), then waits for older
+/// transactions as [`raise`] does, since ownership may have shrunk. The wait
+/// does not depend on what the update found: a redo after a first attempt
+/// committed the shrink (and died waiting) must wait again.
 pub async fn set_owned(
     client: &Client,
     epoch: u64,
     owned: &[TokenRange],
     wait: Duration,
 ) -> Result<(), FenceError> {
-    let kept = client
-        .query_opt(
+    write_owned(client, epoch, owned).await?;
+    wait_for_older_transactions(client, wait).await
+}
+
+/// Sets the ranges the shard owns at `epoch` without waiting: only for a
+/// grant, `owned` containing every range the shard may own now (a write
+/// checked against a smaller set stays allowed under a larger one; what a
+/// grant changes is that writes to the added ranges are no longer refused).
+/// The caller vouches for the containment; a shrink goes through
+/// [`set_owned`].
+pub async fn grant(client: &Client, epoch: u64, owned: &[TokenRange]) -> Result<(), FenceError> {
+    write_owned(client, epoch, owned).await
+}
+
+async fn write_owned(client: &Client, epoch: u64, owned: &[TokenRange]) -> Result<(), FenceError> {
+    let changed = client
+        .execute(
             &format!(
-                "WITH before AS (SELECT owned FROM {SHARD_SCHEMA}.fence) \
-                 UPDATE {SHARD_SCHEMA}.fence SET epoch = $1, owned = $2::text::int8multirange, \
-                 updated_at = now() RETURNING (SELECT owned FROM before) <@ owned"
+                "UPDATE {SHARD_SCHEMA}.fence SET epoch = $1, owned = $2::text::int8multirange, \
+                 updated_at = now()"
             ),
             &[
                 &i64::try_from(epoch).unwrap_or(i64::MAX),
@@ -375,16 +389,10 @@ pub async fn set_owned(
         )
         .await
         .map_err(query_error("setting owned ranges"))?;
-    let Some(kept) = kept else {
+    if changed == 0 {
         return Err(FenceError::NotInstalled);
-    };
-    let grown: Option<bool> = kept
-        .try_get(0)
-        .map_err(query_error("setting owned ranges"))?;
-    if grown == Some(true) {
-        return Ok(());
     }
-    wait_for_older_transactions(client, wait).await
+    Ok(())
 }
 
 async fn update(

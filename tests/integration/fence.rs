@@ -205,6 +205,26 @@ fn shards_refuse_unowned_and_fenced_tokens_and_raising_waits_for_older_writers()
         );
         idle.batch_execute("ROLLBACK").await.unwrap();
 
+        // A shrink waits for older transactions, also when redone after a
+        // first attempt committed it and gave up waiting (an abort killed
+        // there and run again); a grant does not wait.
+        let owned = fence::owned_ranges(&map, 0);
+        idle.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        for attempt in ["first", "redo"] {
+            let e = fence::set_owned(&s0, 7, &[], Duration::from_millis(200))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, fence::FenceError::OlderTransactions { .. }),
+                "{attempt}: {e}"
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(2), fence::grant(&s0, 7, &owned))
+            .await
+            .expect("a grant does not wait for older transactions")
+            .unwrap();
+        idle.batch_execute("ROLLBACK").await.unwrap();
+
         // Ownership after a flip: shard 0 gives up everything.
         fence::set_owned(&s0, 8, &[], Duration::from_secs(5))
             .await

@@ -99,7 +99,7 @@ pub(super) struct Run<'a> {
     /// Online: moves this process verified under the fence.
     pub(super) verified: BTreeSet<u32>,
     /// The shard connections this run opened, reused between steps.
-    sessions: Sessions,
+    pub(super) sessions: Sessions,
     /// Each move's latest progress, recorded for `status`.
     pub(super) progress_log: ProgressLog,
 }
@@ -554,6 +554,7 @@ impl Run<'_> {
                 Ok(()) if stepping => break,
                 Ok(()) => journaled = true,
                 Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    self.sessions.forget_idle();
                     attempt += 1;
                     let pause = backoff(attempt);
                     let detail = json!({
@@ -855,21 +856,22 @@ impl Run<'_> {
 
     /// Targets own their new ranges, the control store flips (unless this
     /// flip already committed), then every shard involved owns exactly its
-    /// ranges of the new map. Shards are updated concurrently; a grant
-    /// returns at once, a shrink waits for older writers
+    /// ranges of the new map. Shards are updated concurrently; the grants
+    /// to the targets (old ∪ new, containing whatever a target owns at any
+    /// point of a migration, so only ever growing) return at once, the
+    /// settling after the flip waits for older writers
     /// ([`fence::set_owned`]). Returns when the control store's flip
     /// committed (or was found committed): from then on routers send
     /// writes to the targets.
     async fn flip(&mut self) -> Result<Instant, MigrateError> {
         let base = self.old.version();
         let new_epoch = self.new.version();
-        let grants = self.targets().into_iter().map(|target| {
-            let owned = union(
-                owned_by(&self.old, &target)
-                    .into_iter()
-                    .chain(owned_by(&self.new, &target)),
-            );
-            self.set_owned(target, base, owned)
+        let this = &*self;
+        let grants = this.targets().into_iter().map(|target| async move {
+            let client = this.shard(&target).await?;
+            fence::grant(&client, base, &this.granted(&target))
+                .await
+                .map_err(fence_error(&target))
         });
         try_join_all(grants).await?;
         match live_epoch(&self.control)
@@ -890,25 +892,26 @@ impl Run<'_> {
             }
         }
         let flipped = Instant::now();
-        let settled = self.involved().into_iter().map(|name| {
-            let owned = owned_by(&self.new, &name);
-            self.set_owned(name, new_epoch, owned)
+        let this = &*self;
+        let settled = this.involved().into_iter().map(|name| async move {
+            let client = this.shard(&name).await?;
+            let owned = owned_by(&this.new, &name);
+            fence::set_owned(&client, new_epoch, &owned, this.options.fence_wait)
+                .await
+                .map_err(fence_error(&name))
         });
         try_join_all(settled).await?;
         Ok(flipped)
     }
 
-    /// [`fence::set_owned`] on shard `name`.
-    async fn set_owned(
-        &self,
-        name: String,
-        epoch: u64,
-        owned: Vec<TokenRange>,
-    ) -> Result<(), MigrateError> {
-        let client = self.shard(&name).await?;
-        fence::set_owned(&client, epoch, &owned, self.options.fence_wait)
-            .await
-            .map_err(fence_error(&name))
+    /// What `target` owns from the grant to the settling after the flip:
+    /// its ranges at the base epoch and at the new one.
+    fn granted(&self, target: &str) -> Vec<TokenRange> {
+        union(
+            owned_by(&self.old, target)
+                .into_iter()
+                .chain(owned_by(&self.new, target)),
+        )
     }
 
     /// Deletes move `m`'s range from `shard` in batches (replica role: the
@@ -988,13 +991,8 @@ impl Run<'_> {
         for m in &self.moves {
             if let Some((table, _, _)) = self.differing_table(m, Keys::All).await? {
                 for target in self.targets() {
-                    let owned = union(
-                        owned_by(&self.old, &target)
-                            .into_iter()
-                            .chain(owned_by(&self.new, &target)),
-                    );
                     let client = self.shard(&target).await?;
-                    fence::set_owned(&client, self.old.version(), &owned, self.options.fence_wait)
+                    fence::grant(&client, self.old.version(), &self.granted(&target))
                         .await
                         .map_err(fence_error(&target))?;
                 }
