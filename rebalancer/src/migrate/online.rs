@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -40,6 +40,10 @@ const STALL_AFTER: Duration = Duration::from_secs(10);
 /// (changes): the replay under the fence then copies about this many keys,
 /// plus those written while the fence went up.
 const FENCE_BACKLOG: u64 = 8;
+
+/// Moves whose approach, or fenced replay and comparison, run at once
+/// (each holds about three connections to its source and target).
+const AT_ONCE: usize = 8;
 
 /// Batches that replay may take before the fence goes up anyway (a write
 /// load the replay cannot get ahead of: the fenced replay takes the rest).
@@ -334,6 +338,7 @@ impl<'a> Run<'a> {
             match op().await {
                 Ok(value) => return Ok(value),
                 Err(e) if self.retryable(&e) && started.elapsed() < self.options.retry_for => {
+                    self.sessions.forget_idle();
                     attempt += 1;
                     let pause = backoff(attempt);
                     let _ = events.send(Event {
@@ -459,7 +464,7 @@ impl<'a> Run<'a> {
     /// down to [`FENCE_BACKLOG`] and its cut made again ([`Run::cut`]: a
     /// move without one, after a restart, is compared whole here, unfenced),
     /// so that the fenced comparison covers only the keys changed after it
-    /// (concurrently, moves apart); then each source's ranges
+    /// (up to [`AT_ONCE`] moves at a time); then each source's ranges
     /// of the group fenced in one update, sources concurrently, older
     /// writers waited for. Raising is idempotent, so a resumed run raises
     /// whatever part of the group an earlier process had raised again.
@@ -476,7 +481,10 @@ impl<'a> Run<'a> {
                     this.cut(m, cut).await.map(Some)
                 }
             });
-            join_all(approaches).await
+            futures_util::stream::iter(approaches)
+                .buffered(AT_ONCE)
+                .collect::<Vec<_>>()
+                .await
         };
         let approached = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;
@@ -500,7 +508,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// `verified` (online) for `group` at once, each move concurrently:
+    /// `verified` (online) for `group` at once, up to [`AT_ONCE`] moves at a
+    /// time:
     /// the last replay under the fence (until the range's changelog is
     /// empty), then the comparison of the keys its cut holds, or of the
     /// whole range when this process made no cut for it.
@@ -524,7 +533,10 @@ impl<'a> Run<'a> {
                     Ok(cut)
                 }
             });
-            join_all(each).await
+            futures_util::stream::iter(each)
+                .buffered(AT_ONCE)
+                .collect::<Vec<_>>()
+                .await
         };
         let verified = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;

@@ -320,7 +320,9 @@ async fn stream_table(
     // (the sink's own buffer). Dropping the sink on an error aborts the
     // target's COPY.
     let mut batch = BytesMut::with_capacity(2 * SEND_AT);
-    let rows_out = rows_out.ready_chunks(READY_ROWS);
+    // Paced, rows are taken a few at a time so the pace holds per row, not
+    // in bursts of a whole group.
+    let rows_out = rows_out.ready_chunks(if pace.is_some() { 16 } else { READY_ROWS });
     futures_util::pin_mut!(rows_out);
     while let Some(ready) = rows_out.next().await {
         for row in ready {
