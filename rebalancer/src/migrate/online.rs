@@ -469,26 +469,7 @@ impl<'a> Run<'a> {
     /// writers waited for. Raising is idempotent, so a resumed run raises
     /// whatever part of the group an earlier process had raised again.
     pub(super) async fn fence_moves(&mut self, group: &[MoveRange]) -> Result<(), MigrateError> {
-        let cuts: Vec<Option<BTreeSet<i64>>> =
-            group.iter().map(|m| self.cuts.remove(&m.index)).collect();
-        let on_event = self.take_on_event();
-        let this = &*self;
-        let work = |events: mpsc::UnboundedSender<Event>| async move {
-            let approaches = group.iter().zip(cuts).map(|(m, cut)| {
-                let events = &events;
-                async move {
-                    let cut = this.replay(m, Until::Fence, cut, events).await?;
-                    this.cut(m, cut).await.map(Some)
-                }
-            });
-            futures_util::stream::iter(approaches)
-                .buffered(AT_ONCE)
-                .collect::<Vec<_>>()
-                .await
-        };
-        let approached = drain_while(on_event, &this.progress_log, work).await;
-        self.on_event = on_event;
-        self.keep_cuts(group, approached)?;
+        self.each_move(group, Stage::Approach).await?;
         let mut by_source: BTreeMap<&str, Vec<TokenRange>> = BTreeMap::new();
         for m in group {
             by_source.entry(&m.source).or_default().push(m.range);
@@ -509,11 +490,20 @@ impl<'a> Run<'a> {
     }
 
     /// `verified` (online) for `group` at once, up to [`AT_ONCE`] moves at a
-    /// time:
-    /// the last replay under the fence (until the range's changelog is
-    /// empty), then the comparison of the keys its cut holds, or of the
+    /// time: the last replay under the fence (until the range's changelog
+    /// is empty), then the comparison of the keys its cut holds, or of the
     /// whole range when this process made no cut for it.
     pub(super) async fn verify_moves(&mut self, group: &[MoveRange]) -> Result<(), MigrateError> {
+        self.each_move(group, Stage::Fenced).await?;
+        self.verified.extend(group.iter().map(|m| m.index));
+        Ok(())
+    }
+
+    /// Does `stage` for every move of `group`, up to [`AT_ONCE`] at a time,
+    /// each with its cut (taken out of `cuts`, put back for the moves whose
+    /// stage succeeded), passing their events on as they come. Returns the
+    /// first error once every move's stage has ended.
+    async fn each_move(&mut self, group: &[MoveRange], stage: Stage) -> Result<(), MigrateError> {
         let cuts: Vec<Option<BTreeSet<i64>>> =
             group.iter().map(|m| self.cuts.remove(&m.index)).collect();
         let on_event = self.take_on_event();
@@ -521,37 +511,15 @@ impl<'a> Run<'a> {
         let work = |events: mpsc::UnboundedSender<Event>| async move {
             let each = group.iter().zip(cuts).map(|(m, cut)| {
                 let events = &events;
-                async move {
-                    let cut = this.replay(m, Until::Empty, cut, events).await?;
-                    match &cut {
-                        Some(keys) => {
-                            let keys: Vec<i64> = keys.iter().copied().collect();
-                            this.verify(m, Keys::Only(&keys)).await?;
-                        }
-                        None => this.verify(m, Keys::All).await?,
-                    }
-                    Ok(cut)
-                }
+                async move { this.stage(stage, m, cut, events).await }
             });
             futures_util::stream::iter(each)
                 .buffered(AT_ONCE)
                 .collect::<Vec<_>>()
                 .await
         };
-        let verified = drain_while(on_event, &this.progress_log, work).await;
+        let results = drain_while(on_event, &this.progress_log, work).await;
         self.on_event = on_event;
-        self.keep_cuts(group, verified)?;
-        self.verified.extend(group.iter().map(|m| m.index));
-        Ok(())
-    }
-
-    /// Puts back the cuts of the moves of `group` whose work succeeded;
-    /// the first error, if any.
-    fn keep_cuts(
-        &mut self,
-        group: &[MoveRange],
-        results: Vec<Result<Option<BTreeSet<i64>>, MigrateError>>,
-    ) -> Result<(), MigrateError> {
         let mut first_error = None;
         for (m, result) in group.iter().zip(results) {
             match result {
@@ -565,6 +533,34 @@ impl<'a> Run<'a> {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// One move's part of [`Run::fence_moves`] or [`Run::verify_moves`];
+    /// returns its cut.
+    async fn stage(
+        &self,
+        stage: Stage,
+        m: &MoveRange,
+        cut: Option<BTreeSet<i64>>,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Option<BTreeSet<i64>>, MigrateError> {
+        match stage {
+            Stage::Approach => {
+                let cut = self.replay(m, Until::Fence, cut, events).await?;
+                self.cut(m, cut).await.map(Some)
+            }
+            Stage::Fenced => {
+                let cut = self.replay(m, Until::Empty, cut, events).await?;
+                match &cut {
+                    Some(keys) => {
+                        let keys: Vec<i64> = keys.iter().copied().collect();
+                        self.verify(m, Keys::Only(&keys)).await?;
+                    }
+                    None => self.verify(m, Keys::All).await?,
+                }
+                Ok(cut)
+            }
+        }
     }
 
     /// Sends one event of this migration to `events`.
@@ -582,6 +578,15 @@ impl<'a> Run<'a> {
             detail,
         });
     }
+}
+
+/// A move's part of the fenced window ([`Run::each_move`]).
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Before the fence: replay down to [`FENCE_BACKLOG`], then the cut again.
+    Approach,
+    /// Under the fence: the last replay, then the comparison.
+    Fenced,
 }
 
 /// Until when [`Run::replay`] replays.
