@@ -53,7 +53,7 @@ enum Command {
     /// Check that every row is on the shard owning its token, with row
     /// counts and checksums per arc.
     Verify(verify::Args),
-    /// Move a plan's ranges on the live cluster (blocking mode), journaled step by step.
+    /// Move a plan's ranges on the live cluster (online by default: writes continue), journaled step by step.
     Apply(apply::Args),
     /// Continue the unfinished migration from its last journaled step.
     Resume(resume::Args),

@@ -338,6 +338,22 @@ fn rate_key(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
     let _ = write!(w, "{} rows/s", HumanCount(state.per_sec() as u64));
 }
 
+/// What a move is doing once step `phase` is journaled, for bars and
+/// progress lines (the journal names a step by its outcome: `copied` is
+/// journaled before the copy starts, so "copied 0 rows" would misread).
+fn doing(phase: &str) -> &str {
+    match phase {
+        "copied" => "copying",
+        "caught_up" => "catching up",
+        "fenced" => "fencing",
+        "verified" => "verifying",
+        "flipped" => "flipping",
+        "routers_acked" => "waiting for routers",
+        "cleaned" => "cleaning up",
+        other => other,
+    }
+}
+
 /// Renders a migration's events in one [`Style`].
 pub struct Progress {
     style: Style,
@@ -381,7 +397,10 @@ impl Progress {
             let state = self.moves.entry((event.migration, index)).or_default();
             state.update(&reading);
             if !progress {
-                state.phase = reading.phase.clone().unwrap_or_else(|| event.event.clone());
+                state.phase = reading
+                    .phase
+                    .clone()
+                    .unwrap_or_else(|| doing(&event.event).to_string());
             }
             if let Some(multi) = &self.multi {
                 draw(multi, index, state);

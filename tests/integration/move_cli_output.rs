@@ -335,18 +335,18 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
             m.rows = Some(keys.iter().filter(inside).count() as u64);
         }
         let file = plan_file(&plan);
-        // Throttled so the backfill lasts several seconds.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postshard"))
+        // Throttled so the backfill lasts several seconds; text off a
+        // terminal (plain progress lines).
+        let child = Command::new(env!("CARGO_BIN_EXE_postshard"))
             .args([
                 "apply",
                 file.path().to_str().unwrap(),
                 "--max-rows-per-sec",
                 "150",
-                "--quiet",
                 "--map",
                 forum.map_path(),
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -406,8 +406,18 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
             "{line}"
         );
 
-        let out = tokio::task::block_in_place(|| child.wait()).unwrap();
-        assert!(out.success());
+        let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        // The plain progress line says what the move is doing: the journal's
+        // `copied` is written before the copy starts.
+        let shown = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(": copying ") && l.contains(" rows")),
+            "{shown}"
+        );
+        assert!(!shown.contains("copied 0 rows"), "{shown}");
         let out = forum.postshard(&["status", "--json"], &[]);
         let status: Value = serde_json::from_slice(&out.stdout).unwrap();
         for m in status["migrations"].as_array().unwrap() {
@@ -416,6 +426,5 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
                 assert!(mv["progress"].is_null(), "{mv}");
             }
         }
-        child.stderr.take();
     });
 }

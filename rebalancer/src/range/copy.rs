@@ -16,8 +16,12 @@ use super::schema::{read_schema, SchemaError, TableSchema};
 use super::tuples::TupleCounter;
 use super::{begin_snapshot, describe, Endpoint, TokenRange, REPLICA_ROLE};
 
-/// Rows between two progress reports.
+/// Rows between two progress reports (at most; see [`PROGRESS_AFTER`]).
 pub const PROGRESS_EVERY: u64 = 10_000;
+
+/// Time after which a progress report is due even with fewer rows (a
+/// throttled or slow copy still shows it moves).
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bytes of rows sent to the target as one COPY message.
 const SEND_AT: usize = 64 * 1024;
@@ -37,7 +41,8 @@ pub struct CopyProgress<'a> {
     pub bytes: u64,
 }
 
-/// Called every [`PROGRESS_EVERY`] rows and at the end of each table.
+/// Called every [`PROGRESS_EVERY`] rows or [`PROGRESS_AFTER`], whichever
+/// comes first, and at the end of each table.
 pub type OnProgress<'a> = &'a (dyn Fn(CopyProgress<'_>) + Sync);
 
 /// What to copy.
@@ -305,6 +310,7 @@ async fn stream_table(
     let started = tokio::time::Instant::now();
     let mut tuples = TupleCounter::new();
     let mut next_report = PROGRESS_EVERY;
+    let mut reported_at = started;
     let report = |rows, bytes| {
         if let Some(progress) = progress {
             progress(CopyProgress {
@@ -331,9 +337,10 @@ async fn stream_table(
             tuples.feed(&row);
             batch.extend_from_slice(&row);
         }
-        if tuples.tuples() >= next_report {
+        if tuples.tuples() >= next_report || reported_at.elapsed() >= PROGRESS_AFTER {
             report(tuples.tuples(), bytes);
             next_report = tuples.tuples() + PROGRESS_EVERY;
+            reported_at = tokio::time::Instant::now();
         }
         if batch.len() >= SEND_AT {
             sink.feed(batch.split().freeze()).await.map_err(on_target)?;
