@@ -428,3 +428,37 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
         }
     });
 }
+
+/// Rows a copy moved are journaled with its step once it is done, so a
+/// process killed later (here right after the next move's capture was
+/// journaled) leaves them for `status`, and the resumed run reports them.
+#[test]
+fn rows_copied_before_a_kill_stay_in_status_through_resume() {
+    let forum = Forum::start(300);
+    runtime().block_on(async {
+        let plan = forum.add_plan().await;
+        assert!(plan.moves.len() >= 2, "{}", plan.to_yaml());
+        let file = plan_file(&plan);
+        let out = forum.postshard(
+            &["apply", file.path().to_str().unwrap(), "--quiet"],
+            &[("POSTSHARD_FAILPOINT", "capturing@1")],
+        );
+        assert!(!out.status.success(), "{}", text(&out));
+        let out = forum.postshard(&["status", "--json"], &[]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = status["migrations"][0]["id"].as_i64().unwrap();
+        let (_, m) = status_of(&forum, id);
+        let before = copied(&m["moves"][0]);
+        assert!(before > 0, "{m}");
+        assert!(m["moves"][1]["copied"].is_null(), "{m}");
+
+        let out = forum.postshard(&["resume", "--quiet"], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let (_, m) = status_of(&forum, id);
+        assert_eq!(m["state"], "done", "{m}");
+        assert_eq!(copied(&m["moves"][0]), before, "{m}");
+        for mv in m["moves"].as_array().unwrap() {
+            assert!(!mv["copied"].is_null(), "{m}");
+        }
+    });
+}

@@ -266,6 +266,33 @@ impl Migration {
             .ok_or(ControlError::NoMigration { id: self.id })
     }
 
+    /// Adds `rows` (JSON text: rows copied per table) to the detail of move
+    /// `move_index`'s latest `copied` step, once that copy is done: the
+    /// journal's record of what the copy moved (resume does not read it).
+    ///
+    /// Errors: [`ControlError::Query`].
+    pub async fn record_copied(
+        &self,
+        client: &Client,
+        move_index: u32,
+        rows: &str,
+    ) -> Result<(), ControlError> {
+        let move_index = i32::try_from(move_index).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &format!(
+                    "UPDATE {CONTROL_SCHEMA}.journal \
+                     SET detail = detail || jsonb_build_object('rows', $3::text::jsonb) \
+                     WHERE migration_id = $1 AND seq = (SELECT max(seq) FROM {CONTROL_SCHEMA}.journal \
+                     WHERE migration_id = $1 AND move_index = $2 AND phase = 'copied')"
+                ),
+                &[&self.id, &move_index, &rows],
+            )
+            .await
+            .map_err(query_error("recording rows copied"))?;
+        Ok(())
+    }
+
     /// Records move `move_index`'s latest progress (`detail`: JSON text),
     /// replacing the one before: what `status` shows of a running move
     /// between journal steps.

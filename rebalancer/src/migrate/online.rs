@@ -116,8 +116,7 @@ impl<'a> Run<'a> {
         .await;
         self.on_event = on_event;
         let rows = rows?;
-        self.copied.insert(m.index, rows.clone());
-        self.event(Some(m.index), "copied_rows", rows);
+        self.record_copied(m.index, rows).await;
         Ok(())
     }
 
@@ -254,10 +253,7 @@ impl<'a> Run<'a> {
         let mut first_error = None;
         for result in results {
             match result {
-                Ok((index, Some(rows))) => {
-                    self.copied.insert(index, rows.clone());
-                    self.event(Some(index), "copied_rows", rows);
-                }
+                Ok((index, Some(rows))) => self.record_copied(index, rows).await,
                 Ok((_, None)) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);

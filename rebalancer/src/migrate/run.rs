@@ -349,6 +349,15 @@ pub async fn resume(
     let mut run = load_run(control, url, migration, env, options, on_event).await?;
     let id = run.migration.id;
     let journal = run.migration.steps(&run.control).await?;
+    // Rows an earlier process copied, for the `verified` steps' detail.
+    for step in journal.iter().filter(|s| s.phase == Phase::Copied) {
+        let rows = serde_json::from_str::<Value>(&step.detail)
+            .ok()
+            .and_then(|d| d.get("rows").cloned());
+        if let (Some(index), Some(rows)) = (step.move_index, rows) {
+            run.copied.insert(index, rows);
+        }
+    }
     let Some(last) = journal.last() else {
         run.journal(None, Phase::Planned, json!({})).await?;
         run.run_from(0).await?;
@@ -811,10 +820,22 @@ impl Run<'_> {
             .iter()
             .map(|t| (t.table.clone(), json!(t.rows)))
             .collect();
-        let rows = Value::Object(rows);
-        self.copied.insert(m.index, rows.clone());
-        self.event(Some(m.index), "copied_rows", rows);
+        self.record_copied(m.index, Value::Object(rows)).await;
         Ok(())
+    }
+
+    /// A move's copy is done: its rows per table kept for the `verified`
+    /// step's detail, reported (`copied_rows`) and added to its `copied`
+    /// journal step, so that `status` and a resumed run know them. That
+    /// write is best effort: resume never reads it, and a failure (the
+    /// control store restarting) must not make the copy run again.
+    pub(super) async fn record_copied(&mut self, index: u32, rows: Value) {
+        let _ = self
+            .migration
+            .record_copied(&self.control, index, &rows.to_string())
+            .await;
+        self.copied.insert(index, rows.clone());
+        self.event(Some(index), "copied_rows", rows);
     }
 
     /// Compares row counts and checksums of the rows of the range that

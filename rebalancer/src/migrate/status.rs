@@ -77,7 +77,8 @@ pub struct MoveStatus {
     pub target: String,
     /// Last journaled phase of this move, if any.
     pub phase: Option<String>,
-    /// Rows copied per table, once the copy finished.
+    /// Rows copied per table, once the copy finished (null before, and for
+    /// a copy done before this version recorded it on the `copied` step).
     pub copied: Value,
     /// While the migration is active, the latest progress its process
     /// recorded (`rows`, `estimate`, `rows_per_sec`, `eta_s`, `backlog`,
@@ -157,10 +158,20 @@ async fn migration_status(
         .map(|(i, pm)| {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let mine = || steps.iter().filter(move |s| s.move_index == Some(index));
+            // Recorded on the `copied` step once the copy is done, and
+            // carried by `verified`.
             let copied = mine()
-                .filter(|s| s.phase == Phase::Verified)
-                .filter_map(|s| serde_json::from_str::<Value>(&s.detail).ok())
-                .filter_map(|d| d.get("copied").cloned())
+                .filter_map(|s| {
+                    let key = match s.phase {
+                        Phase::Copied => "rows",
+                        Phase::Verified => "copied",
+                        _ => return None,
+                    };
+                    serde_json::from_str::<Value>(&s.detail)
+                        .ok()?
+                        .get(key)
+                        .cloned()
+                })
                 .rfind(|c| !c.is_null())
                 .unwrap_or(Value::Null);
             let progress = recorded
