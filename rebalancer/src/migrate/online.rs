@@ -441,7 +441,7 @@ impl<'a> Run<'a> {
     /// `caught_up` (before the fence, writes continuing): replays `m`'s
     /// captured changes until at most `catch_up_rows` wait.
     pub(super) async fn catch_up(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
-        let cut = self.cuts.remove(&m.index);
+        let cut = self.memory.cuts.remove(&m.index);
         let until = Until::Backlog(self.options.catch_up_rows);
         let on_event = self.take_on_event();
         let this = &*self;
@@ -451,7 +451,7 @@ impl<'a> Run<'a> {
         .await;
         self.on_event = on_event;
         if let Some(cut) = cut? {
-            self.cuts.insert(m.index, cut);
+            self.memory.cuts.insert(m.index, cut);
         }
         Ok(())
     }
@@ -480,7 +480,7 @@ impl<'a> Run<'a> {
         }))
         .await?;
         for m in group {
-            self.fenced_at.insert(m.index, raised);
+            self.memory.fenced_at.insert(m.index, raised);
         }
         Ok(())
     }
@@ -491,7 +491,7 @@ impl<'a> Run<'a> {
     /// whole range when this process made no cut for it.
     pub(super) async fn verify_moves(&mut self, group: &[MoveRange]) -> Result<(), MigrateError> {
         self.each_move(group, Stage::Fenced).await?;
-        self.verified.extend(group.iter().map(|m| m.index));
+        self.memory.verified.extend(group.iter().map(|m| m.index));
         Ok(())
     }
 
@@ -500,8 +500,10 @@ impl<'a> Run<'a> {
     /// stage succeeded), passing their events on as they come. Returns the
     /// first error once every move's stage has ended.
     async fn each_move(&mut self, group: &[MoveRange], stage: Stage) -> Result<(), MigrateError> {
-        let cuts: Vec<Option<BTreeSet<i64>>> =
-            group.iter().map(|m| self.cuts.remove(&m.index)).collect();
+        let cuts: Vec<Option<BTreeSet<i64>>> = group
+            .iter()
+            .map(|m| self.memory.cuts.remove(&m.index))
+            .collect();
         let on_event = self.take_on_event();
         let this = &*self;
         let work = |events: mpsc::UnboundedSender<Event>| async move {
@@ -520,7 +522,7 @@ impl<'a> Run<'a> {
         for (m, result) in group.iter().zip(results) {
             match result {
                 Ok(Some(cut)) => {
-                    self.cuts.insert(m.index, cut);
+                    self.memory.cuts.insert(m.index, cut);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -622,9 +624,9 @@ impl Run<'_> {
     /// `caught_up`'s comparison at the cut (see [`Run::cut`]), the move's
     /// cut replaced by the new one.
     pub(super) async fn verify_at_cut(&mut self, m: &MoveRange) -> Result<(), MigrateError> {
-        let previous = self.cuts.remove(&m.index);
+        let previous = self.memory.cuts.remove(&m.index);
         let cut = self.cut(m, previous).await?;
-        self.cuts.insert(m.index, cut);
+        self.memory.cuts.insert(m.index, cut);
         Ok(())
     }
 

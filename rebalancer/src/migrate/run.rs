@@ -84,7 +84,21 @@ pub(super) struct Run<'a> {
     shards: Vec<(String, ConnUrl)>,
     pub(super) options: &'a MoveOptions,
     pub(super) on_event: &'a mut dyn FnMut(&Event),
-    /// Rows copied per move (reported in the next step's journal detail).
+    /// What this process knows beyond the journal.
+    pub(super) memory: Memory,
+    /// The shard connections this run opened, reused between steps.
+    pub(super) sessions: Sessions,
+    /// Each move's latest progress, recorded for `status`.
+    pub(super) progress_log: ProgressLog,
+}
+
+/// What this process knows of a run beyond the journal, lost with the
+/// process: a resumed run starts from an empty one, so every use must be
+/// correct without it (ARCHITECTURE.md, "Moves", argues each).
+#[derive(Default)]
+pub(super) struct Memory {
+    /// Rows copied per move (reported in the `verified` step's detail;
+    /// seeded from the journal on resume).
     pub(super) copied: BTreeMap<u32, Value>,
     /// When this process raised each move's fence (to report how long
     /// writes to it were refused).
@@ -93,15 +107,11 @@ pub(super) struct Run<'a> {
     blocked_ms: BTreeMap<u32, u64>,
     /// Online: per move whose comparison at the cut passed in this
     /// process, the keys its verification under the fence compares (the
-    /// cut's pending keys and every key replayed since). Memory only: a
-    /// move without an entry is compared whole (see [`super::online`]).
+    /// cut's pending keys and every key replayed since). A move without an
+    /// entry is compared whole (see [`super::online`]).
     pub(super) cuts: BTreeMap<u32, BTreeSet<i64>>,
     /// Online: moves this process verified under the fence.
     pub(super) verified: BTreeSet<u32>,
-    /// The shard connections this run opened, reused between steps.
-    pub(super) sessions: Sessions,
-    /// Each move's latest progress, recorded for `status`.
-    pub(super) progress_log: ProgressLog,
 }
 
 async fn connect_control(map: &ShardMap, options: &MoveOptions) -> Result<Client, MigrateError> {
@@ -247,11 +257,7 @@ pub async fn apply(
         shards,
         options,
         on_event,
-        copied: BTreeMap::new(),
-        fenced_at: BTreeMap::new(),
-        blocked_ms: BTreeMap::new(),
-        cuts: BTreeMap::new(),
-        verified: BTreeSet::new(),
+        memory: Memory::default(),
         sessions: Sessions::default(),
         progress_log,
     };
@@ -305,11 +311,7 @@ async fn load_run<'a>(
         shards,
         options,
         on_event,
-        copied: BTreeMap::new(),
-        fenced_at: BTreeMap::new(),
-        blocked_ms: BTreeMap::new(),
-        cuts: BTreeMap::new(),
-        verified: BTreeSet::new(),
+        memory: Memory::default(),
         sessions: Sessions::default(),
         progress_log,
     })
@@ -355,7 +357,7 @@ pub async fn resume(
             .ok()
             .and_then(|d| d.get("rows").cloned());
         if let (Some(index), Some(rows)) = (step.move_index, rows) {
-            run.copied.insert(index, rows);
+            run.memory.copied.insert(index, rows);
         }
     }
     let Some(last) = journal.last() else {
@@ -535,6 +537,7 @@ impl Run<'_> {
             .finish(&self.control, MigrationState::Done)
             .await?;
         let blocked: serde_json::Map<String, Value> = self
+            .memory
             .blocked_ms
             .iter()
             .map(|(i, ms)| (i.to_string(), json!(ms)))
@@ -590,7 +593,7 @@ impl Run<'_> {
     pub(super) fn journal_detail(&self, step: StepId) -> Value {
         match (step.phase, step.move_index) {
             (Phase::Verified, Some(i)) => {
-                json!({ "copied": self.copied.get(&i).cloned().unwrap_or(Value::Null) })
+                json!({ "copied": self.memory.copied.get(&i).cloned().unwrap_or(Value::Null) })
             }
             (Phase::Flipped, _) => json!({ "epoch": self.new.version() }),
             (Phase::Capturing, _) => json!({ "parallel": self.options.parallel.max(1) }),
@@ -697,7 +700,7 @@ impl Run<'_> {
                 fence::raise(&client, &[m.range], self.options.fence_wait)
                     .await
                     .map_err(fence_error(&m.source))?;
-                self.fenced_at.insert(m.index, Instant::now());
+                self.memory.fenced_at.insert(m.index, Instant::now());
                 Ok(())
             }
             // The first `fenced` (`verified`) step does the work of every
@@ -705,11 +708,12 @@ impl Run<'_> {
             // find theirs done, unless this process started after it.
             (Mode::Online, Phase::Fenced) => {
                 let group =
-                    self.moves_from(step.move_index, |i| !self.fenced_at.contains_key(&i))?;
+                    self.moves_from(step.move_index, |i| !self.memory.fenced_at.contains_key(&i))?;
                 self.fence_moves(&group).await
             }
             (Mode::Online, Phase::Verified) => {
-                let group = self.moves_from(step.move_index, |i| !self.verified.contains(&i))?;
+                let group =
+                    self.moves_from(step.move_index, |i| !self.memory.verified.contains(&i))?;
                 self.verify_moves(&group).await
             }
             (Mode::Online, Phase::Capturing) => {
@@ -736,10 +740,10 @@ impl Run<'_> {
             }
             (_, Phase::Flipped) => {
                 let flipped = self.flip().await?;
-                for (i, at) in &self.fenced_at {
+                for (i, at) in &self.memory.fenced_at {
                     let ms =
                         u64::try_from(flipped.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
-                    self.blocked_ms.insert(*i, ms);
+                    self.memory.blocked_ms.insert(*i, ms);
                 }
                 Ok(())
             }
@@ -834,7 +838,7 @@ impl Run<'_> {
             .migration
             .record_copied(&self.control, index, &rows.to_string())
             .await;
-        self.copied.insert(index, rows.clone());
+        self.memory.copied.insert(index, rows.clone());
         self.event(Some(index), "copied_rows", rows);
     }
 
