@@ -335,14 +335,15 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
             m.rows = Some(keys.iter().filter(inside).count() as u64);
         }
         let file = plan_file(&plan);
-        // Throttled so the backfill lasts several seconds; text off a
-        // terminal (plain progress lines).
+        // Throttled so each move's backfill lasts several seconds (records
+        // come once a second; a loaded machine polls status slowly); text
+        // off a terminal (plain progress lines).
         let child = Command::new(env!("CARGO_BIN_EXE_postshard"))
             .args([
                 "apply",
                 file.path().to_str().unwrap(),
                 "--max-rows-per-sec",
-                "150",
+                "60",
                 "--map",
                 forum.map_path(),
             ])
@@ -395,7 +396,7 @@ fn status_from_another_terminal_shows_a_running_backfills_progress() {
             let (rows, estimate) = (p["rows"].as_u64().unwrap(), p["estimate"].as_u64().unwrap());
             assert!(0 < estimate && rows <= estimate, "{p}");
             let rate = p["rows_per_sec"].as_f64().unwrap();
-            // Paced to 150 rows/s (the rate is measured, so give it room).
+            // Paced to 60 rows/s (the rate is measured, so give it room).
             assert!(rate > 0.0 && rate < 400.0, "{p}");
             assert!(p["eta_s"].as_f64().unwrap() >= 0.0, "{p}");
             assert!(p["age_ms"].as_i64().unwrap() >= 0, "{p}");
