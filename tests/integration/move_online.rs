@@ -5,19 +5,18 @@
 //! across both), nothing of the capture is left on any server, and the
 //! events a renderer needs arrive in order.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use postshard_rebalancer::migrate::{self, Event, MoveOptions};
 use postshard_rebalancer::plan::Plan;
 use postshard_rebalancer::range::TokenRange;
 use postshard_router::map::env_var;
-use postshard_router::{ConnUrl, Router, ShardMap};
+use postshard_router::ShardMap;
 
 use crate::common::{connect, runtime};
 use crate::move_support::{text, Forum, Rows};
-use crate::move_writers::{expected_rows, writer, Body, Model, Post, WRITERS};
+use crate::move_writers::{expected_rows, Body, Model, Post, Writers, WRITERS};
 
 /// A connection on its own thread and runtime that holds a transaction
 /// open while the move's event callback (which must not await) waits.
@@ -105,6 +104,15 @@ pub fn keys_in_move<'a>(
     (start..).filter(move |k| range.contains(map.token(*k)))
 }
 
+/// [`assert_clean_against`] the rows seeded before the move (no writers).
+pub async fn assert_clean_against_seeded(forum: &Forum, plan_after: &ShardMap, before: &Rows) {
+    let mut model = Model::default();
+    for m in seeded_models(before) {
+        model.merge(m);
+    }
+    assert_clean_against(forum, plan_after, &model).await;
+}
+
 /// Checks the cluster against the acknowledged model: placement, content,
 /// `verify`, and no leftovers.
 pub async fn assert_clean_against(forum: &Forum, plan_after: &ShardMap, model: &Model) {
@@ -169,24 +177,7 @@ fn online_move_under_writers_loses_nothing_has_no_capture_gap_and_leaves_nothing
         let mut keys = keys_in_move(&base, &plan, 0, 800_000_000);
         let (before_capture, in_gap) = (keys.next().unwrap(), keys.next().unwrap());
 
-        let control = ConnUrl::expand(&forum.control_url, env_var).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let next_comment = Arc::new(AtomicI64::new(3_000_000_000));
-        let mut tasks = Vec::new();
-        let mut routers = Vec::new();
-        for (w, model) in models.into_iter().enumerate() {
-            let router = Arc::new(Router::from_control(&control).await.expect("live router"));
-            routers.push(router.clone());
-            tasks.push(tokio::spawn(writer(
-                w as i64,
-                0,
-                router,
-                model,
-                stop.clone(),
-                next_comment.clone(),
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writers = Writers::start(&forum.control_url, models).await;
 
         // One transaction writes before capture is switched on and commits
         // while capture waits for it; another writes after capture is on,
@@ -229,20 +220,7 @@ fn online_move_under_writers_loses_nothing_has_no_capture_gap_and_leaves_nothing
             began_early && began_in_gap && committed_in_gap,
             "{began_early} {began_in_gap} {committed_in_gap}: {events:?}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut model = Model::default();
-        let mut writes = 0;
-        for task in tasks {
-            let (m, errors, n) = task.await.unwrap();
-            assert!(errors.is_empty(), "writer errors: {errors:?}");
-            model.merge(m);
-            writes += n;
-        }
-        for router in &routers {
-            assert_eq!(router.epoch(), base.version() + 1);
-        }
-        drop(routers);
+        let (mut model, writes) = writers.stop(base.version() + 1).await;
         let held_post = |title: &str, body: &str, comment_count| Post {
             board: 1,
             title: title.into(),
@@ -362,11 +340,7 @@ fn cancel_stops_a_throttled_backfill_at_a_resumable_point_and_resume_finishes() 
         assert!(!forum.leftovers().await.is_empty(), "capture should still be on");
         let out = forum.postshard(&["resume"], &[]);
         assert!(out.status.success(), "resume: {}", text(&out));
-        let mut model = Model::default();
-        for m in seeded_models(&before) {
-            model.merge(m);
-        }
-        assert_clean_against(&forum, &after_map, &model).await;
+        assert_clean_against_seeded(&forum, &after_map, &before).await;
     });
 }
 
@@ -427,11 +401,7 @@ fn ctrl_c_stops_apply_at_a_resumable_point_and_resume_finishes() {
         assert_eq!(forum.live().await.version(), base.version());
         let out = forum.postshard(&["resume"], &[]);
         assert!(out.status.success(), "resume: {}", text(&out));
-        let mut model = Model::default();
-        for m in seeded_models(&before) {
-            model.merge(m);
-        }
-        assert_clean_against(&forum, &after_map, &model).await;
+        assert_clean_against_seeded(&forum, &after_map, &before).await;
     });
 }
 
@@ -494,10 +464,6 @@ fn parallel_backfills_overlap_and_resume_after_a_cancel_mid_stage() {
             .map(|e| e.move_index)
             .collect();
         assert_eq!(copied.len(), 2, "{resumed:?}");
-        let mut model = Model::default();
-        for m in seeded_models(&before) {
-            model.merge(m);
-        }
-        assert_clean_against(&forum, &after_map, &model).await;
+        assert_clean_against_seeded(&forum, &after_map, &before).await;
     });
 }

@@ -50,6 +50,64 @@ impl Model {
     }
 }
 
+/// Writers running until [`Writers::stop`], each from its model of
+/// `models` through a live router of its own.
+pub(crate) struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(Model, Vec<String>, u64)>>,
+    routers: Vec<Arc<Router>>,
+}
+
+impl Writers {
+    /// Starts one writer per model on `Router::from_control` of the control
+    /// store at `control_url`, and lets them run 300 ms.
+    pub(crate) async fn start(control_url: &str, models: Vec<Model>) -> Writers {
+        let control = ConnUrl::expand(control_url, env_var).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_comment = Arc::new(AtomicI64::new(3_000_000_000));
+        let mut tasks = Vec::new();
+        let mut routers = Vec::new();
+        for (w, model) in models.into_iter().enumerate() {
+            let router = Arc::new(Router::from_control(&control).await.expect("live router"));
+            routers.push(router.clone());
+            tasks.push(tokio::spawn(writer(
+                w as i64,
+                0,
+                router,
+                model,
+                stop.clone(),
+                next_comment.clone(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Writers {
+            stop,
+            tasks,
+            routers,
+        }
+    }
+
+    /// Stops them after 300 ms more; checks that none saw an error and
+    /// every router routes by `epoch`; returns what they acknowledged,
+    /// merged, and how many writes they made.
+    pub(crate) async fn stop(self, epoch: u64) -> (Model, u64) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut model = Model::default();
+        let mut writes = 0;
+        for task in self.tasks {
+            let (m, errors, n) = task.await.unwrap();
+            assert!(errors.is_empty(), "writer errors: {errors:?}");
+            model.merge(m);
+            writes += n;
+        }
+        for router in &self.routers {
+            assert_eq!(router.epoch(), epoch);
+        }
+        (model, writes)
+    }
+}
+
 /// One writer: works on the posts with `id % WRITERS == w` (seeded and its
 /// own), so writers never contend; returns what it acknowledged, its errors
 /// and how many writes it made.
@@ -288,24 +346,7 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
             .await
             .unwrap();
 
-        let control = ConnUrl::expand(&forum.control_url, env_var).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let next_comment = Arc::new(AtomicI64::new(3_000_000_000));
-        let mut tasks = Vec::new();
-        let mut routers = Vec::new();
-        for (w, model) in models.into_iter().enumerate() {
-            let router = Arc::new(Router::from_control(&control).await.expect("live router"));
-            routers.push(router.clone());
-            tasks.push(tokio::spawn(writer(
-                w as i64,
-                0,
-                router,
-                model,
-                stop.clone(),
-                next_comment.clone(),
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writers = Writers::start(&forum.control_url, models).await;
 
         let map_path = forum.map_path().to_string();
         let plan_arg = plan_path.path().to_str().unwrap().to_string();
@@ -357,26 +398,13 @@ fn writers_lose_nothing_during_a_blocking_add_shard_move() {
 
         let out = apply.await.unwrap();
         assert!(out.status.success(), "apply: {}", text(&out));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut model = Model::default();
-        let mut writes = 0;
-        for task in tasks {
-            let (m, errors, n) = task.await.unwrap();
-            assert!(errors.is_empty(), "writer errors: {errors:?}");
-            model.merge(m);
-            writes += n;
-        }
+        let (mut model, writes) = writers.stop(base.version() + 1).await;
         model.posts.insert(held_key, held_model);
         model
             .comments
             .insert(4_000_000_000, (held_key, "held comment".into()));
         eprintln!("{writes} acknowledged writes during the test");
         assert!(writes > 100, "writers barely wrote: {writes}");
-        for router in &routers {
-            assert_eq!(router.epoch(), base.version() + 1);
-        }
-        drop(routers);
 
         // The live ring is the plan's.
         let live = forum.live().await;
