@@ -104,6 +104,25 @@ pub fn keys_in_move<'a>(
     (start..).filter(move |k| range.contains(map.token(*k)))
 }
 
+/// Every row of `expected` is in `actual` and nothing else is (the first
+/// few missing and unexpected ones named).
+pub(crate) fn same_rows<T: PartialEq + std::fmt::Debug>(what: &str, expected: &[T], actual: &[T]) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|r| !actual.contains(r))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what} missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
 /// [`assert_clean_against`] the rows seeded before the move (no writers).
 pub async fn assert_clean_against_seeded(forum: &Forum, plan_after: &ShardMap, before: &Rows) {
     let mut model = Model::default();
@@ -123,37 +142,9 @@ pub async fn assert_clean_against(forum: &Forum, plan_after: &ShardMap, model: &
     let control = connect(&forum.control_url).await;
     let expected = expected_rows(&control, model).await;
     let (posts, comments) = rows.content();
-    let missing: Vec<_> = expected
-        .0
-        .iter()
-        .filter(|p| !posts.contains(p))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = posts
-        .iter()
-        .filter(|p| !expected.0.contains(p))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "posts missing {missing:?}, unexpected {extra:?}"
-    );
+    same_rows("posts", &expected.0, &posts);
     assert_eq!(posts.len(), expected.0.len());
-    let missing: Vec<_> = expected
-        .1
-        .iter()
-        .filter(|c| !comments.contains(c))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = comments
-        .iter()
-        .filter(|c| !expected.1.contains(c))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "comments missing {missing:?}, unexpected {extra:?}"
-    );
+    same_rows("comments", &expected.1, &comments);
     let out = forum.postshard(&["verify"], &[]);
     assert!(out.status.success(), "verify: {}", text(&out));
     assert_eq!(forum.leftovers().await, Vec::<String>::new());

@@ -138,7 +138,7 @@ impl<'a> Run<'a> {
         let mut target = self.shard(&m.target).await?;
         let (exporting, snapshot) = export_snapshot(&mut holder)
             .await
-            .map_err(|e| backfill_query(m, &e))?;
+            .map_err(|e| snapshot_error(m, "exporting the backfill snapshot", &e))?;
         let (tables, seed) = (self.new.tables(), self.new.seed());
         let id = self.migration.id;
         // Rows so far per table (the hook is called from the copy, `Sync`).
@@ -205,7 +205,7 @@ impl<'a> Run<'a> {
         exporting
             .commit()
             .await
-            .map_err(|e| backfill_query(m, &e))?;
+            .map_err(|e| snapshot_error(m, "exporting the backfill snapshot", &e))?;
         let rows: serde_json::Map<String, serde_json::Value> = copied
             .iter()
             .map(|t| (t.table.clone(), json!(t.rows)))
@@ -654,7 +654,7 @@ impl Run<'_> {
         let mut target = self.shard(&m.target).await?;
         let (cut, snapshot) = export_snapshot(&mut holder)
             .await
-            .map_err(|e| cut_query(m, &e))?;
+            .map_err(|e| snapshot_error(m, "taking the cut's snapshot", &e))?;
         let (tables, seed) = (self.new.tables(), self.new.seed());
         let pending = capture::pending_keys(&cut, &m.source, seed, m.range)
             .await
@@ -698,7 +698,9 @@ impl Run<'_> {
         };
         let (at_cut, on_target) = (at_cut.map_err(checksum)?, on_target.map_err(checksum)?);
         // The snapshot holder only held S.
-        cut.commit().await.map_err(|e| cut_query(m, &e))?;
+        cut.commit()
+            .await
+            .map_err(|e| snapshot_error(m, "taking the cut's snapshot", &e))?;
         if let Some(difference) = first_difference(&at_cut, &on_target) {
             return Err(mismatch(m, false, difference));
         }
@@ -706,24 +708,14 @@ impl Run<'_> {
     }
 }
 
-fn cut_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
+/// A failure of `what` on move `m`'s source snapshot (the cut's or the
+/// backfill's), retryable when the connection was lost.
+fn snapshot_error(m: &MoveRange, what: &'static str, e: &tokio_postgres::Error) -> MigrateError {
     MigrateError::Capture {
         index: m.index,
         source: CaptureError::Query {
             shard: m.source.clone(),
-            what: "taking the cut's snapshot",
-            detail: postshard_router::describe_db_error(e),
-            lost: e.is_closed() || e.as_db_error().is_none(),
-        },
-    }
-}
-
-fn backfill_query(m: &MoveRange, e: &tokio_postgres::Error) -> MigrateError {
-    MigrateError::Capture {
-        index: m.index,
-        source: CaptureError::Query {
-            shard: m.source.clone(),
-            what: "exporting the backfill snapshot",
+            what,
             detail: postshard_router::describe_db_error(e),
             lost: e.is_closed() || e.as_db_error().is_none(),
         },
